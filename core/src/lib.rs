@@ -1,0 +1,28 @@
+//! What every petset service shares: the one API error type, the etcd store
+//! layer, the gRPC host (health, reflection, metrics, tracing), settings,
+//! telemetry and graceful shutdown.
+//!
+//! # Layout
+//! - [`error`]: the API error and its single mapping to `tonic::Status`.
+//! - [`validate`]: Kubernetes' naming and number rules.
+//! - [`store`]: typed etcd access, transactions, leases, watch-fed mirrors.
+//! - [`lease_service`]: `petset.v1.Leases`, etcd leases over gRPC.
+//! - [`serve`]: the gRPC host every service runs.
+//! - [`config`]: flags and environment variables shared by the binaries.
+//! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.
+//! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - `testing` (feature `testing`): a real etcd for integration tests.
+
+pub mod config;
+pub mod error;
+pub mod lease_service;
+pub mod serve;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Error, Result};

@@ -1,0 +1,131 @@
+//! The gRPC server every petset service runs: its own services plus
+//! `grpc.health.v1`, server reflection (`v1` and `v1alpha`, the one grpcurl
+//! 1.8 speaks) and `GET /metrics` in the Prometheus text format, all on one
+//! port.
+//!
+//! Each request gets a span whose parent is the caller's W3C `traceparent`,
+//! and is counted and timed per method.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::propagation::TextMapPropagator as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::shutdown::CancellationToken;
+use crate::telemetry::metrics_handle;
+
+/// Assembles the services one process serves.
+#[derive(Debug)]
+pub struct ServiceHost {
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl Default for ServiceHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServiceHost {
+    /// A host with health and reflection, and no services of its own yet.
+    pub fn new() -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(petset_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        routes.add_service(reflection().build_v1().expect("petset's descriptor set is valid"));
+        routes.add_service(reflection().build_v1alpha().expect("petset's descriptor set is valid"));
+        ServiceHost { routes, health, names: Vec::new() }
+    }
+
+    /// Adds one gRPC service; health reports it as serving once the host runs.
+    pub fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then lets the
+    /// requests in flight finish.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+        for name in &self.names {
+            self.health.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        self.health.set_service_status("", ServingStatus::Serving).await;
+        let router = self
+            .routes
+            .routes()
+            .into_axum_router()
+            .route("/metrics", axum::routing::get(render_metrics))
+            .layer(axum::middleware::from_fn(observe));
+        let health = self.health.clone();
+        let stopping = async move {
+            shutdown.cancelled().await;
+            // Tell load balancers first, so that new calls go elsewhere.
+            health.set_service_status("", ServingStatus::NotServing).await;
+        };
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+            .await
+    }
+}
+
+async fn render_metrics() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_handle().render())
+}
+
+/// Wraps each request in a span (parented on the caller's trace) and records
+/// its count and latency per path.
+async fn observe(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&opentelemetry_http::HeaderExtractor(request.headers()));
+    let span = tracing::info_span!("request", otel.name = %path, rpc.method = %path);
+    let _ = span.set_parent(parent);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span).await;
+    let code = grpc_status(&response);
+    metrics::counter!("petset_requests_total", "path" => path.clone(), "code" => code).increment(1);
+    metrics::histogram!("petset_request_duration_seconds", "path" => path).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The gRPC status a response carries in its headers (trailers-only errors);
+/// streamed answers and successes carry theirs in trailers, counted as "0".
+fn grpc_status(response: &Response) -> String {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(if response.status().is_success() { "0" } else { "http-error" })
+        .to_string()
+}

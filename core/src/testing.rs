@@ -1,0 +1,227 @@
+//! A real etcd for tests, started by the test itself.
+//!
+//! # Guarantees
+//! - etcd runs from Debian's `etcd-server` (or `$PETSET_ETCD_BIN`) on free
+//!   loopback ports with its data in a temporary folder.
+//! - It never outlives the test process: it is started under a small shell
+//!   watchdog that reads the test's end of a pipe and stops etcd (and removes
+//!   its data) when the pipe closes, which happens however the test process
+//!   ends.
+//! - [`shared`] gives every test of one process the same etcd, and
+//!   [`unique_root`] gives each test its own key prefix, so tests never see
+//!   each other's keys.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::store::StoreConfig;
+
+/// One etcd server process.
+#[derive(Debug)]
+pub struct Etcd {
+    client_port: u16,
+    peer_port: u16,
+    data: PathBuf,
+    // Kept for its lifetime only: dropping it removes the folder.
+    _dir: Option<tempfile::TempDir>,
+    watchdog: Option<Child>,
+}
+
+/// The etcd all tests of this process share.
+pub fn shared() -> &'static Etcd {
+    static SHARED: OnceLock<Etcd> = OnceLock::new();
+    SHARED.get_or_init(|| Etcd::launch(true))
+}
+
+/// A key prefix no other test uses: `/test/<name>-<pid>-<n>`.
+pub fn unique_root(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("/test/{name}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// The etcd binary: `$PETSET_ETCD_BIN`, else `etcd` on `PATH`, else Debian's.
+pub fn etcd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PETSET_ETCD_BIN") {
+        return PathBuf::from(path);
+    }
+    for dir in std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default() {
+        let candidate = dir.join("etcd");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    let debian = PathBuf::from("/usr/bin/etcd");
+    assert!(
+        debian.is_file(),
+        "etcd is not installed: run scripts/install-deps (it installs Debian's etcd-server), or set PETSET_ETCD_BIN"
+    );
+    debian
+}
+
+impl Etcd {
+    /// Starts a dedicated etcd, for tests that stop or restart it.
+    pub fn start() -> Etcd {
+        Etcd::launch(false)
+    }
+
+    fn launch(shared: bool) -> Etcd {
+        let dir = tempfile::Builder::new().prefix("petset-etcd-").tempdir().expect("creating etcd's data folder");
+        let data = dir.path().to_path_buf();
+        let mut last_error = String::new();
+        // A free port can be taken between our probe and etcd's bind by a
+        // test running beside us; try a few times.
+        for _ in 0..5 {
+            let mut etcd = Etcd {
+                client_port: free_port(),
+                peer_port: free_port(),
+                data: data.clone(),
+                _dir: None,
+                watchdog: None,
+            };
+            match etcd.spawn(shared) {
+                Ok(()) => {
+                    etcd._dir = if shared {
+                        // The watchdog removes it when the process ends.
+                        let _ = dir.keep();
+                        None
+                    } else {
+                        Some(dir)
+                    };
+                    return etcd;
+                }
+                Err(error) => {
+                    last_error = error;
+                    etcd.stop();
+                }
+            }
+        }
+        panic!("etcd did not start: {last_error}");
+    }
+
+    fn spawn(&mut self, cleanup_on_exit: bool) -> Result<(), String> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = self.data.join("etcd.log");
+        let watchdog = r#"
+            "$ETCD" "$@" >>"$LOG" 2>&1 &
+            pid=$!
+            read -r _ || true
+            kill "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+            if [ -n "$CLEANUP" ]; then rm -rf "$CLEANUP"; fi
+        "#;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(watchdog)
+            .arg("etcd-watchdog")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.data.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .env("ETCD", etcd_binary())
+            .env("LOG", &log)
+            .env("CLEANUP", if cleanup_on_exit { self.data.as_os_str() } else { "".as_ref() })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawning sh: {e}"))?;
+        self.watchdog = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if healthy(self.client_port) {
+                return Ok(());
+            }
+            if let Some(child) = self.watchdog.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("etcd not healthy on {client}; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A store configuration for one test: this etcd and a root of its own.
+    pub fn store_config(&self, test_name: &str) -> StoreConfig {
+        StoreConfig { endpoints: vec![self.endpoint()], root: unique_root(test_name) }
+    }
+
+    /// The folder etcd keeps its data and log in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Stops etcd and waits for it to exit; its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.watchdog.take() {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"stop\n");
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(error) = self.spawn(false) {
+            panic!("etcd did not restart: {error}");
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding a free port")
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+/// Polls `check` every 20 ms until it answers `Some`, or panics after
+/// `timeout` naming `what` was awaited. Tests wait on conditions, never on
+/// the clock.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,501 @@
+//! DNS for headless services, authoritative for the zone, as the Kubernetes
+//! DNS specification describes it:
+//!
+//! | query | answer |
+//! |---|---|
+//! | A/AAAA `<pod>.<svc>.<ns>.svc.<zone>` | the pod's address |
+//! | A/AAAA `<svc>.<ns>.svc.<zone>` | every published pod's address |
+//! | SRV `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | one record per published pod: its FQDN and the port |
+//! | PTR `<reversed address>.in-addr.arpa` / `ip6.arpa` | the pod's FQDN |
+//!
+//! A pod is published when its service selects it and it is ready, or the
+//! service has `publishNotReadyAddresses`. Unknown names in the zone get
+//! NXDOMAIN with the zone's SOA; names outside it get REFUSED: this server
+//! never resolves for others.
+//!
+//! # Guarantees
+//! - Answers come from an in-memory [`ZoneIndex`] rebuilt from watch-fed
+//!   mirrors of etcd after each change, so every replica follows etcd within
+//!   one watch round trip and answers without touching etcd.
+//! - [`resolve`] is a pure function of the index and the question.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use petset_core::shutdown::CancellationToken;
+use petset_core::store::mirror::Mirror;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::endpoints::{published, sort_peers, target_port};
+use crate::names::Zone;
+use crate::records::{EndpointRecord, ServiceRecord};
+
+/// TTL of every answer, in seconds: short, because pods move (CoreDNS's
+/// Kubernetes plugin uses the same).
+pub const TTL: u32 = 5;
+
+/// One service and the pods DNS publishes for it, by ordinal.
+#[derive(Debug, Clone)]
+struct ServiceEntry {
+    record: ServiceRecord,
+    pods: Vec<EndpointRecord>,
+}
+
+/// Everything DNS answers from, at one etcd revision.
+#[derive(Debug, Clone)]
+pub struct ZoneIndex {
+    zone: Name,
+    zone_text: Zone,
+    serial: u32,
+    namespaces: BTreeSet<String>,
+    services: HashMap<(String, String), ServiceEntry>,
+    reverse: HashMap<IpAddr, BTreeSet<Name>>,
+}
+
+impl ZoneIndex {
+    /// Indexes `services` and `endpoints` for `zone` at `revision`.
+    pub fn build(
+        zone: &Zone,
+        revision: i64,
+        services: impl IntoIterator<Item = ServiceRecord>,
+        endpoints: impl IntoIterator<Item = EndpointRecord>,
+    ) -> ZoneIndex {
+        let zone_name = fqdn(zone.as_str());
+        let mut by_namespace: BTreeMap<String, Vec<EndpointRecord>> = BTreeMap::new();
+        for endpoint in endpoints {
+            by_namespace.entry(endpoint.namespace.clone()).or_default().push(endpoint);
+        }
+        let mut index = ZoneIndex {
+            zone: zone_name,
+            zone_text: zone.clone(),
+            serial: (revision.max(0) as u64 & u32::MAX as u64) as u32,
+            namespaces: BTreeSet::new(),
+            services: HashMap::new(),
+            reverse: HashMap::new(),
+        };
+        for service in services {
+            let mut pods: Vec<EndpointRecord> = by_namespace
+                .get(&service.namespace)
+                .map(|eps| eps.iter().filter(|e| published(&service, e)).cloned().collect())
+                .unwrap_or_default();
+            sort_peers(&mut pods);
+            for pod in &pods {
+                let name = fqdn(&zone.pod_fqdn(&pod.namespace, &service.name, &pod.pod_name()));
+                index.reverse.entry(pod.address).or_default().insert(name);
+            }
+            index.namespaces.insert(service.namespace.clone());
+            index.services.insert((service.namespace.clone(), service.name.clone()), ServiceEntry { record: service, pods });
+        }
+        index
+    }
+
+    fn soa(&self) -> Record {
+        let mname = Name::from_ascii("ns.dns").and_then(|n| n.append_domain(&self.zone)).unwrap_or_else(|_| self.zone.clone());
+        let rname =
+            Name::from_ascii("hostmaster").and_then(|n| n.append_domain(&self.zone)).unwrap_or_else(|_| self.zone.clone());
+        Record::from_rdata(self.zone.clone(), TTL, RData::SOA(SOA::new(mname, rname, self.serial, 7200, 1800, 86400, TTL)))
+    }
+}
+
+fn fqdn(name: &str) -> Name {
+    let mut name = Name::from_ascii(name).unwrap_or_else(|_| Name::root());
+    name.set_fqdn(true);
+    name.to_lowercase()
+}
+
+/// What DNS answers one question with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// NoError, NXDomain or Refused.
+    pub code: ResponseCode,
+    /// Whether the answer is the zone's own (the AA bit).
+    pub authoritative: bool,
+    /// The answer section.
+    pub answers: Vec<Record>,
+    /// The SOA for negative answers (authority section).
+    pub soa: Option<Record>,
+    /// Addresses of SRV targets (additional section).
+    pub additionals: Vec<Record>,
+}
+
+impl Resolution {
+    fn refused() -> Self {
+        Resolution { code: ResponseCode::Refused, authoritative: false, answers: vec![], soa: None, additionals: vec![] }
+    }
+}
+
+fn address_record(name: &Name, ip: IpAddr) -> Record {
+    let rdata = match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    };
+    Record::from_rdata(name.clone(), TTL, rdata)
+}
+
+fn wants(qtype: RecordType, ip: IpAddr) -> bool {
+    matches!((qtype, ip), (RecordType::A | RecordType::ANY, IpAddr::V4(_)) | (RecordType::AAAA | RecordType::ANY, IpAddr::V6(_)))
+}
+
+/// Answers one question from the index.
+pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution {
+    let name = name.to_lowercase();
+    let in_addr = Name::from_ascii("in-addr.arpa.").expect("static name");
+    let ip6 = Name::from_ascii("ip6.arpa.").expect("static name");
+    if !index.zone.zone_of(&name) {
+        if in_addr.zone_of(&name) || ip6.zone_of(&name) {
+            return reverse(index, &name, qtype);
+        }
+        return Resolution::refused();
+    }
+    let nodata = || Resolution {
+        code: ResponseCode::NoError,
+        authoritative: true,
+        answers: vec![],
+        soa: Some(index.soa()),
+        additionals: vec![],
+    };
+    let nxdomain = || Resolution { code: ResponseCode::NXDomain, ..nodata() };
+    let depth = (name.num_labels() - index.zone.num_labels()) as usize;
+    let labels: Vec<String> =
+        name.iter().take(depth).map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
+    let answer = |answers: Vec<Record>, additionals: Vec<Record>| {
+        if answers.is_empty() {
+            nodata()
+        } else {
+            Resolution { code: ResponseCode::NoError, authoritative: true, answers, soa: None, additionals }
+        }
+    };
+    match labels.as_slice() {
+        [] => {
+            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                answer(vec![index.soa()], vec![])
+            } else {
+                nodata()
+            }
+        }
+        [svc] if svc == "svc" => nodata(),
+        [ns, svc] if svc == "svc" => {
+            if index.namespaces.contains(ns) {
+                nodata()
+            } else {
+                nxdomain()
+            }
+        }
+        [service, ns, svc] if svc == "svc" => match index.services.get(&(ns.clone(), service.clone())) {
+            None => nxdomain(),
+            Some(entry) => {
+                let answers =
+                    entry.pods.iter().filter(|p| wants(qtype, p.address)).map(|p| address_record(&name, p.address)).collect();
+                answer(answers, vec![])
+            }
+        },
+        [first, service, ns, svc] if svc == "svc" => {
+            let Some(entry) = index.services.get(&(ns.clone(), service.clone())) else { return nxdomain() };
+            if let Some(proto) = first.strip_prefix('_') {
+                // `_tcp.<svc>...` exists as the parent of SRV names.
+                let has = entry.record.spec.ports.iter().any(|p| p.protocol.srv_label() == proto && !p.name.is_empty());
+                return if has { nodata() } else { nxdomain() };
+            }
+            match entry.pods.iter().find(|p| &p.pod_name() == first) {
+                None => nxdomain(),
+                Some(pod) => {
+                    let answers = if wants(qtype, pod.address) { vec![address_record(&name, pod.address)] } else { vec![] };
+                    answer(answers, vec![])
+                }
+            }
+        }
+        [port, proto, service, ns, svc] if svc == "svc" => {
+            let Some(entry) = index.services.get(&(ns.clone(), service.clone())) else { return nxdomain() };
+            let (Some(port), Some(proto)) = (port.strip_prefix('_'), proto.strip_prefix('_')) else { return nxdomain() };
+            let Some(service_port) =
+                entry.record.spec.ports.iter().find(|p| p.name == port && p.protocol.srv_label() == proto)
+            else {
+                return nxdomain();
+            };
+            if !matches!(qtype, RecordType::SRV | RecordType::ANY) {
+                return nodata();
+            }
+            let targets: Vec<(Name, u16, IpAddr)> = entry
+                .pods
+                .iter()
+                .filter_map(|pod| {
+                    let port = target_port(&service_port.target_port, service_port.protocol, pod)?;
+                    let target = fqdn(&index.zone_text.pod_fqdn(ns, service, &pod.pod_name()));
+                    Some((target, port, pod.address))
+                })
+                .collect();
+            let weight = if targets.is_empty() { 0 } else { (100 / targets.len()).max(1) as u16 };
+            let answers = targets
+                .iter()
+                .map(|(target, port, _)| Record::from_rdata(name.clone(), TTL, RData::SRV(SRV::new(0, weight, *port, target.clone()))))
+                .collect();
+            let additionals = targets.iter().map(|(target, _, ip)| address_record(target, *ip)).collect();
+            answer(answers, additionals)
+        }
+        _ => nxdomain(),
+    }
+}
+
+fn reverse(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution {
+    let found = name.parse_arpa_name().ok().filter(|net| net.prefix_len() == net.max_prefix_len()).map(|net| net.addr());
+    match found.and_then(|ip| index.reverse.get(&ip)) {
+        Some(targets) => {
+            let answers = if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+                targets.iter().map(|t| Record::from_rdata(name.clone(), TTL, RData::PTR(PTR(t.clone())))).collect()
+            } else {
+                vec![]
+            };
+            Resolution { code: ResponseCode::NoError, authoritative: true, answers, soa: None, additionals: vec![] }
+        }
+        None => Resolution {
+            code: ResponseCode::NXDomain,
+            authoritative: true,
+            answers: vec![],
+            soa: None,
+            additionals: vec![],
+        },
+    }
+}
+
+/// The hickory request handler: answers from the current index.
+#[derive(Debug, Clone)]
+pub struct DnsHandler {
+    index: Arc<RwLock<Arc<ZoneIndex>>>,
+}
+
+impl DnsHandler {
+    /// Follows `services` and `endpoints` (mirrors of the store's
+    /// `services/` and `endpoints/` prefixes), rebuilding the index after
+    /// each change until `shutdown`.
+    pub fn follow(zone: Zone, services: Mirror, endpoints: Mirror, shutdown: CancellationToken) -> DnsHandler {
+        let index = Arc::new(RwLock::new(Arc::new(ZoneIndex::build(&zone, 0, [], []))));
+        let shared = index.clone();
+        tokio::spawn(async move {
+            let mut services_changed = services.changed();
+            let mut endpoints_changed = endpoints.changed();
+            loop {
+                let rebuilt = Arc::new(build_from(&zone, &services, &endpoints));
+                *shared.write().unwrap_or_else(|p| p.into_inner()) = rebuilt;
+                tokio::select! {
+                    changed = services_changed.changed() => if changed.is_err() { return },
+                    changed = endpoints_changed.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+        DnsHandler { index }
+    }
+
+    /// The index answers come from now.
+    pub fn index(&self) -> Arc<ZoneIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn build_from(zone: &Zone, services: &Mirror, endpoints: &Mirror) -> ZoneIndex {
+    let decode = |mirror: &Mirror| {
+        let snapshot = mirror.read();
+        (snapshot.revision, snapshot.entries.values().cloned().collect::<Vec<_>>())
+    };
+    let (services_revision, services) = decode(services);
+    let (endpoints_revision, endpoints) = decode(endpoints);
+    let services = services.iter().filter_map(|raw| match serde_json::from_slice::<ServiceRecord>(raw) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            tracing::error!(%error, "a stored service does not decode; DNS skips it");
+            None
+        }
+    });
+    let endpoints = endpoints.iter().filter_map(|raw| match serde_json::from_slice::<EndpointRecord>(raw) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            tracing::error!(%error, "a stored endpoint does not decode; DNS skips it");
+            None
+        }
+    });
+    ZoneIndex::build(zone, services_revision.max(endpoints_revision), services, endpoints)
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+        let edns = request.edns.as_ref().map(|theirs| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(theirs.max_payload().max(512));
+            ours
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = edns.as_ref() {
+            builder.edns(edns);
+        }
+        let queries = request.queries.queries();
+        let code_only = |code| {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = code;
+            metadata
+        };
+        let outcome = if request.metadata.message_type != MessageType::Query {
+            response.send_response(builder.error_msg(&request.metadata, ResponseCode::FormErr)).await
+        } else if request.metadata.op_code != OpCode::Query {
+            response.send_response(builder.error_msg(&request.metadata, ResponseCode::NotImp)).await
+        } else if queries.len() != 1 {
+            response.send_response(builder.build_no_records(code_only(ResponseCode::FormErr))).await
+        } else {
+            let query = &queries[0];
+            let index = self.index();
+            let name: Name = query.name().into();
+            let resolution = resolve(&index, &name, query.query_type());
+            metrics::counter!("petset_dns_queries_total", "rcode" => resolution.code.to_string()).increment(1);
+            tracing::debug!(%name, qtype = %query.query_type(), rcode = %resolution.code, answers = resolution.answers.len(), "dns query");
+            let mut metadata = code_only(resolution.code);
+            metadata.authoritative = resolution.authoritative;
+            metadata.recursion_available = false;
+            let message = builder.build(
+                metadata,
+                resolution.answers.iter(),
+                std::iter::empty(),
+                resolution.soa.iter(),
+                resolution.additionals.iter(),
+            );
+            response.send_response(message).await
+        };
+        outcome.unwrap_or_else(|error| {
+            tracing::warn!(%error, "sending a DNS response failed");
+            let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+        })
+    }
+}
+
+/// Serves DNS on `udp` and `tcp` until `shutdown`.
+pub async fn serve(handler: DnsHandler, udp: UdpSocket, tcp: TcpListener, shutdown: CancellationToken) {
+    let mut server = hickory_server::Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(5), 64);
+    shutdown.cancelled().await;
+    if let Err(error) = server.shutdown_gracefully().await {
+        tracing::warn!(%error, "DNS server did not stop cleanly");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{EndpointPort, ServicePort, ServiceSpec, TargetPort};
+    use petset_core::validate::Protocol;
+
+    fn service(publish_not_ready: bool) -> ServiceRecord {
+        ServiceRecord {
+            uid: "u".into(),
+            namespace: "default".into(),
+            name: "kubia".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            generation: 1,
+            created: std::time::SystemTime::UNIX_EPOCH,
+            spec: ServiceSpec {
+                selector: [("app".to_string(), "kubia".to_string())].into(),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    target_port: TargetPort::Name("http".into()),
+                }],
+                publish_not_ready_addresses: publish_not_ready,
+            },
+        }
+    }
+
+    fn pod(ordinal: u32, ip: &str, ready: bool) -> EndpointRecord {
+        EndpointRecord {
+            namespace: "default".into(),
+            set_name: "kubia".into(),
+            ordinal,
+            service: "kubia".into(),
+            address: ip.parse().unwrap(),
+            ports: vec![EndpointPort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
+            ready,
+            labels: [("app".to_string(), "kubia".to_string())].into(),
+            incarnation: 1,
+        }
+    }
+
+    fn index(publish_not_ready: bool) -> ZoneIndex {
+        ZoneIndex::build(
+            &Zone::default(),
+            7,
+            [service(publish_not_ready)],
+            [pod(0, "10.0.0.10", true), pod(1, "10.0.0.11", true), pod(2, "10.0.0.12", false)],
+        )
+    }
+
+    fn ask(index: &ZoneIndex, name: &str, qtype: RecordType) -> Resolution {
+        resolve(index, &Name::from_ascii(name).unwrap(), qtype)
+    }
+
+    #[test]
+    fn srv_lists_each_ready_pod_with_its_target_port() {
+        let r = ask(&index(false), "_http._tcp.kubia.default.svc.cluster.local.", RecordType::SRV);
+        assert_eq!(r.code, ResponseCode::NoError);
+        assert!(r.authoritative);
+        let srv: Vec<(String, u16)> = r
+            .answers
+            .iter()
+            .map(|rec| match &rec.data {
+                RData::SRV(srv) => (srv.target.to_string(), srv.port),
+                other => panic!("not SRV: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            srv,
+            [("kubia-0.kubia.default.svc.cluster.local.".to_string(), 8080), ("kubia-1.kubia.default.svc.cluster.local.".to_string(), 8080)]
+        );
+        assert_eq!(r.additionals.len(), 2);
+    }
+
+    #[test]
+    fn not_ready_pods_only_with_publish_not_ready_addresses() {
+        assert_eq!(ask(&index(false), "kubia-2.kubia.default.svc.cluster.local.", RecordType::A).code, ResponseCode::NXDomain);
+        let r = ask(&index(true), "kubia-2.kubia.default.svc.cluster.local.", RecordType::A);
+        assert_eq!(r.answers.len(), 1);
+        assert_eq!(ask(&index(true), "kubia.default.svc.cluster.local.", RecordType::A).answers.len(), 3);
+    }
+
+    #[test]
+    fn service_a_lists_ready_pods_and_names_are_case_insensitive() {
+        let r = ask(&index(false), "KUBIA.Default.svc.cluster.local.", RecordType::A);
+        assert_eq!(r.answers.len(), 2);
+        let r = ask(&index(false), "kubia.default.svc.cluster.local.", RecordType::AAAA);
+        assert_eq!((r.code, r.answers.len(), r.soa.is_some()), (ResponseCode::NoError, 0, true));
+    }
+
+    #[test]
+    fn unknown_in_zone_is_nxdomain_and_outside_is_refused() {
+        let r = ask(&index(false), "nope.default.svc.cluster.local.", RecordType::A);
+        assert_eq!(r.code, ResponseCode::NXDomain);
+        assert!(r.soa.is_some());
+        assert_eq!(ask(&index(false), "example.com.", RecordType::A).code, ResponseCode::Refused);
+        assert_eq!(ask(&index(false), "_ftp._tcp.kubia.default.svc.cluster.local.", RecordType::SRV).code, ResponseCode::NXDomain);
+        assert_eq!(ask(&index(false), "default.svc.cluster.local.", RecordType::A).code, ResponseCode::NoError);
+        assert_eq!(ask(&index(false), "other.svc.cluster.local.", RecordType::A).code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn ptr_names_the_pod() {
+        let r = ask(&index(false), "10.0.0.10.in-addr.arpa.", RecordType::PTR);
+        match &r.answers[0].data {
+            RData::PTR(ptr) => assert_eq!(ptr.0.to_string(), "kubia-0.kubia.default.svc.cluster.local."),
+            other => panic!("not PTR: {other:?}"),
+        }
+        assert_eq!(ask(&index(false), "12.0.0.10.in-addr.arpa.", RecordType::PTR).code, ResponseCode::NXDomain);
+    }
+}
