@@ -42,6 +42,8 @@ impl Default for ServiceHost {
 impl ServiceHost {
     /// A host with health and reflection, and no services of its own yet.
     pub fn new() -> Self {
+        // Install the recorder before the first request is counted.
+        let _ = metrics_handle();
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
@@ -49,6 +51,7 @@ impl ServiceHost {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(petset_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         routes.add_service(reflection().build_v1().expect("petset's descriptor set is valid"));
         routes.add_service(reflection().build_v1alpha().expect("petset's descriptor set is valid"));

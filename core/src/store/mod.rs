@@ -156,10 +156,13 @@ pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>> {
 /// Maps an etcd error to the API error: a missing lease is the caller's
 /// problem, everything else is etcd being out of reach.
 pub fn etcd_error(error: etcd_client::Error) -> Error {
-    if let etcd_client::Error::GRpcStatus(status) = &error {
-        if status.message().contains("requested lease not found") {
-            return Error::NotFound { kind: "lease", name: "the given lease (expired or never granted)".into() };
-        }
+    let lease_missing = match &error {
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("requested lease not found"),
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
+        _ => false,
+    };
+    if lease_missing {
+        return Error::NotFound { kind: "lease", name: "the given lease (expired or never granted)".into() };
     }
     Error::unavailable("etcd request failed", error)
 }
