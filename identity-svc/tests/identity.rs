@@ -405,34 +405,28 @@ async fn health_reflection_and_metrics_are_served() {
     assert!(body.contains("petset_requests_total"), "{body}");
 }
 
+/// Lists services through one reflection version; the two versions are the
+/// same protocol in two packages, hence a macro rather than a generic.
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tokio_stream::StreamExt as _;
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+        let mut stream =
+            ServerReflectionClient::new($channel).server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        match stream.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }};
+}
+
 async fn list_services_via_reflection(server: &TestServer, version: &str) -> Vec<String> {
-    use tokio_stream::StreamExt as _;
     let channel = server.channel().await;
-    if version == "v1" {
-        use tonic_reflection::pb::v1::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-        let mut stream =
-            ServerReflectionClient::new(channel).server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-        match stream.next().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
-            other => panic!("unexpected {other:?}"),
-        }
-    } else {
-        use tonic_reflection::pb::v1alpha::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-        let mut stream =
-            ServerReflectionClient::new(channel).server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-        match stream.next().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    if version == "v1" { list_services!(v1, channel) } else { list_services!(v1alpha, channel) }
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
