@@ -4,7 +4,12 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["petset/v1/meta.proto", "petset/v1/identity.proto", "petset/v1/service.proto", "petset/v1/lease.proto"];
+    let protos = [
+        "petset/v1/meta.proto",
+        "petset/v1/identity.proto",
+        "petset/v1/service.proto",
+        "petset/v1/lease.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -8,17 +8,29 @@ use crate::store::StoreConfig;
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
     /// etcd client URLs, comma-separated.
-    #[arg(long = "etcd-endpoints", env = "PETSET_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long = "etcd-endpoints",
+        env = "PETSET_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub endpoints: Vec<String>,
     /// The key prefix petset's keys live under.
-    #[arg(long = "etcd-prefix", env = "PETSET_ETCD_PREFIX", default_value = "/petset")]
+    #[arg(
+        long = "etcd-prefix",
+        env = "PETSET_ETCD_PREFIX",
+        default_value = "/petset"
+    )]
     pub prefix: String,
 }
 
 impl EtcdArgs {
     /// The store configuration these flags describe.
     pub fn store_config(&self) -> StoreConfig {
-        StoreConfig { endpoints: self.endpoints.clone(), root: self.prefix.clone() }
+        StoreConfig {
+            endpoints: self.endpoints.clone(),
+            root: self.prefix.clone(),
+        }
     }
 }
 

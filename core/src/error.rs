@@ -82,13 +82,20 @@ pub enum Error {
 }
 
 fn join(violations: &[FieldViolation]) -> String {
-    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
     /// One field broke one rule.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument(vec![FieldViolation { field: field.into(), reason: reason.into() }])
+        Error::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            reason: reason.into(),
+        }])
     }
 
     /// A dependency could not be reached.
@@ -96,12 +103,18 @@ impl Error {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Unavailable { message: message.into(), source: Some(Box::new(source)) }
+        Error::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
     }
 
     /// A broken invariant.
     pub fn internal(message: impl Into<String>) -> Self {
-        Error::Internal { message: message.into(), source: None }
+        Error::Internal {
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Whether the same call may succeed if simply made again later.
@@ -123,7 +136,10 @@ impl Violations {
 
     /// Records that `field` broke `reason`.
     pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(FieldViolation { field: field.into(), reason: reason.into() });
+        self.0.push(FieldViolation {
+            field: field.into(),
+            reason: reason.into(),
+        });
     }
 
     /// Records the outcome of a check that answers `Err(reason)`.
@@ -135,7 +151,11 @@ impl Violations {
 
     /// `Ok` when nothing was recorded, otherwise [`Error::InvalidArgument`].
     pub fn into_result(self) -> Result<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
     }
 }
 
@@ -188,9 +208,16 @@ mod tests {
 
     #[test]
     fn invalid_argument_names_the_field_in_message_and_details() {
-        let status = tonic::Status::from(Error::invalid("spec.ports[0].port", "must be 1-65535, got 0"));
+        let status = tonic::Status::from(Error::invalid(
+            "spec.ports[0].port",
+            "must be 1-65535, got 0",
+        ));
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("spec.ports[0].port: must be 1-65535, got 0"));
+        assert!(
+            status
+                .message()
+                .contains("spec.ports[0].port: must be 1-65535, got 0")
+        );
         let details = status.get_error_details();
         let bad = details.bad_request().expect("bad request details");
         assert_eq!(bad.field_violations[0].field, "spec.ports[0].port");
@@ -204,7 +231,10 @@ mod tests {
         v.add("c", "missing");
         match v.into_result() {
             Err(Error::InvalidArgument(all)) => {
-                assert_eq!(all.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+                assert_eq!(
+                    all.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(),
+                    ["b", "c"]
+                );
             }
             other => panic!("expected InvalidArgument, got {other:?}"),
         }

@@ -53,9 +53,21 @@ impl ServiceHost {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        routes.add_service(reflection().build_v1().expect("petset's descriptor set is valid"));
-        routes.add_service(reflection().build_v1alpha().expect("petset's descriptor set is valid"));
-        ServiceHost { routes, health, names: Vec::new() }
+        routes.add_service(
+            reflection()
+                .build_v1()
+                .expect("petset's descriptor set is valid"),
+        );
+        routes.add_service(
+            reflection()
+                .build_v1alpha()
+                .expect("petset's descriptor set is valid"),
+        );
+        ServiceHost {
+            routes,
+            health,
+            names: Vec::new(),
+        }
     }
 
     /// Adds one gRPC service; health reports it as serving once the host runs.
@@ -77,11 +89,19 @@ impl ServiceHost {
 
     /// Serves on `listener` until `shutdown` is cancelled, then lets the
     /// requests in flight finish.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
         for name in &self.names {
-            self.health.set_service_status(*name, ServingStatus::Serving).await;
+            self.health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
-        self.health.set_service_status("", ServingStatus::Serving).await;
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
         let router = self
             .routes
             .routes()
@@ -92,7 +112,9 @@ impl ServiceHost {
         let stopping = async move {
             shutdown.cancelled().await;
             // Tell load balancers first, so that new calls go elsewhere.
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
         };
         tonic::transport::Server::builder()
             .accept_http1(true)
@@ -103,7 +125,10 @@ impl ServiceHost {
 }
 
 async fn render_metrics() -> impl IntoResponse {
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_handle().render())
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
 }
 
 /// Wraps each request in a span (parented on the caller's trace) and records
@@ -118,7 +143,8 @@ async fn observe(request: Request, next: Next) -> Response {
     let response = next.run(request).instrument(span).await;
     let code = grpc_status(&response);
     metrics::counter!("petset_requests_total", "path" => path.clone(), "code" => code).increment(1);
-    metrics::histogram!("petset_request_duration_seconds", "path" => path).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("petset_request_duration_seconds", "path" => path)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -129,6 +155,10 @@ fn grpc_status(response: &Response) -> String {
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or(if response.status().is_success() { "0" } else { "http-error" })
+        .unwrap_or(if response.status().is_success() {
+            "0"
+        } else {
+            "http-error"
+        })
         .to_string()
 }

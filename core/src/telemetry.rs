@@ -26,21 +26,34 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.tracer_provider.take() {
-            if let Err(error) = provider.shutdown() {
-                eprintln!("flushing traces failed: {error}");
-            }
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {error}");
         }
     }
 }
 
 /// Installs logging, the optional OTLP trace exporter and the metrics
 /// recorder for the service `service_name`. Call once, from `main`.
-pub fn init(service_name: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    service_name: &'static str,
+    args: &TelemetryArgs,
+) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (json, text) = match args.log_format {
-        LogFormat::Json => (Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)), None),
-        LogFormat::Text => (None, Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))),
+        LogFormat::Json => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+            None,
+        ),
+        LogFormat::Text => (
+            None,
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+        ),
     };
     let tracer_provider = match &args.otlp_endpoint {
         Some(endpoint) => {
@@ -49,16 +62,28 @@ pub fn init(service_name: &'static str, args: &TelemetryArgs) -> Result<Telemetr
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .build()
-                .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.clone(), source })?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
-            Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+                .map_err(|source| TelemetryError::Exporter {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service_name)
+                .build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
         }
         None => None,
     };
     let otel = tracer_provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     tracing_subscriber::registry()
         .with(filter)
         .with(json)

@@ -42,7 +42,10 @@ pub fn shared() -> &'static Etcd {
 pub fn unique_root(name: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("/test/{name}-{}-{n}-{nanos}", std::process::id())
 }
 
@@ -51,7 +54,10 @@ pub fn etcd_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PETSET_ETCD_BIN") {
         return PathBuf::from(path);
     }
-    for dir in std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default() {
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         let candidate = dir.join("etcd");
         if candidate.is_file() {
             return candidate;
@@ -72,7 +78,10 @@ impl Etcd {
     }
 
     fn launch(shared: bool) -> Etcd {
-        let dir = tempfile::Builder::new().prefix("petset-etcd-").tempdir().expect("creating etcd's data folder");
+        let dir = tempfile::Builder::new()
+            .prefix("petset-etcd-")
+            .tempdir()
+            .expect("creating etcd's data folder");
         let data = dir.path().to_path_buf();
         let mut last_error = String::new();
         // A free port can be taken between our probe and etcd's bind by a
@@ -123,13 +132,30 @@ impl Etcd {
             .arg("etcd-watchdog")
             .args(["--name", "test", "--data-dir"])
             .arg(self.data.join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("test={peer}")])
             .args(["--log-level", "warn", "--logger", "zap"])
             .env("ETCD", etcd_binary())
             .env("LOG", &log)
-            .env("CLEANUP", if cleanup_on_exit { self.data.as_os_str() } else { "".as_ref() })
+            .env(
+                "CLEANUP",
+                if cleanup_on_exit {
+                    self.data.as_os_str()
+                } else {
+                    "".as_ref()
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -141,14 +167,17 @@ impl Etcd {
             if healthy(self.client_port) {
                 return Ok(());
             }
-            if let Some(child) = self.watchdog.as_mut() {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
+            if let Some(child) = self.watchdog.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("etcd not healthy on {client}; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+        Err(format!(
+            "etcd not healthy on {client}; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ))
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.
@@ -158,7 +187,10 @@ impl Etcd {
 
     /// A store configuration for one test: this etcd and a root of its own.
     pub fn store_config(&self, test_name: &str) -> StoreConfig {
-        StoreConfig { endpoints: vec![self.endpoint()], root: unique_root(test_name) }
+        StoreConfig {
+            endpoints: vec![self.endpoint()],
+            root: unique_root(test_name),
+        }
     }
 
     /// The folder etcd keeps its data and log in.
@@ -192,13 +224,21 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
 }
 
 fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut body = String::new();

@@ -25,7 +25,9 @@ pub fn dns1123_label(value: &str) -> Result<(), String> {
             value.len()
         ));
     }
-    let ok_inner = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_inner = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ends_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = value.as_bytes();
     if !ok_inner || !ends_ok(bytes[0]) || !ends_ok(bytes[bytes.len() - 1]) {
@@ -67,27 +69,42 @@ pub fn iana_svc_name(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > IANA_SVC_NAME_MAX {
-        return Err(format!("must be no more than {IANA_SVC_NAME_MAX} characters (IANA service name), got {}", value.len()));
+        return Err(format!(
+            "must be no more than {IANA_SVC_NAME_MAX} characters (IANA service name), got {}",
+            value.len()
+        ));
     }
-    let chars_ok = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let chars_ok = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !chars_ok || value.starts_with('-') || value.ends_with('-') || value.contains("--") {
         return Err(format!(
             "{value:?} is not an IANA service name: use lower-case letters, digits and single '-' inside (e.g. 'http')"
         ));
     }
     if !value.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(format!("{value:?} is not an IANA service name: it must contain at least one letter"));
+        return Err(format!(
+            "{value:?} is not an IANA service name: it must contain at least one letter"
+        ));
     }
     Ok(())
 }
 
 /// A port number: 1 to 65535.
 pub fn port(value: i64) -> Result<(), String> {
-    if (1..=65535).contains(&value) { Ok(()) } else { Err(format!("must be between 1 and 65535, inclusive; got {value}")) }
+    if (1..=65535).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between 1 and 65535, inclusive; got {value}"
+        ))
+    }
 }
 
 /// A transport protocol, as Kubernetes names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     /// TCP, the default.
     #[serde(rename = "TCP")]
@@ -107,7 +124,9 @@ impl Protocol {
             "" | "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            other => Err(format!("unsupported value {other:?}: supported values are \"TCP\", \"UDP\", \"SCTP\"")),
+            other => Err(format!(
+                "unsupported value {other:?}: supported values are \"TCP\", \"UDP\", \"SCTP\""
+            )),
         }
     }
 
@@ -139,7 +158,8 @@ pub fn label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        dns1123_subdomain(prefix).map_err(|reason| format!("prefix of label key {key:?}: {reason}"))?;
+        dns1123_subdomain(prefix)
+            .map_err(|reason| format!("prefix of label key {key:?}: {reason}"))?;
     }
     qualified_name_part(name).map_err(|reason| format!("label key {key:?}: {reason}"))
 }
@@ -159,7 +179,10 @@ fn qualified_name_part(name: &str) -> Result<(), String> {
     }
     let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
     let bytes = name.as_bytes();
-    if !bytes.iter().all(|&b| ok(b)) || !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+    if !bytes.iter().all(|&b| ok(b))
+        || !bytes[0].is_ascii_alphanumeric()
+        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
+    {
         return Err("must consist of alphanumerics, '-', '_' or '.', and start and end with an alphanumeric".into());
     }
     Ok(())
@@ -179,7 +202,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Turns an empty namespace into `default`, as Kubernetes does.
 pub fn namespace_or_default(namespace: &str) -> String {
-    if namespace.is_empty() { DEFAULT_NAMESPACE.to_string() } else { namespace.to_string() }
+    if namespace.is_empty() {
+        DEFAULT_NAMESPACE.to_string()
+    } else {
+        namespace.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +218,18 @@ mod tests {
         for ok in ["a", "kubia", "web-0", "0", "a1-b2", &"a".repeat(63)] {
             assert_eq!(dns1123_label(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "ä", &"a".repeat(64), "a\0b", "../x"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "ä",
+            &"a".repeat(64),
+            "a\0b",
+            "../x",
+        ] {
             assert!(dns1123_label(bad).is_err(), "{bad:?}");
         }
     }

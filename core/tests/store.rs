@@ -12,23 +12,36 @@ use petset_core::testing::{self, Etcd, wait_for};
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn put(store: &Store, key: &str, value: &str) -> i64 {
-    let response = store.txn(Txn::new().and_then([TxnOp::put(key, serde_json::to_vec(value).unwrap(), None)])).await.unwrap();
+    let response = store
+        .txn(Txn::new().and_then([TxnOp::put(key, serde_json::to_vec(value).unwrap(), None)]))
+        .await
+        .unwrap();
     response.header().unwrap().revision()
 }
 
 fn has(mirror: &Mirror, key: &str, value: &str) -> bool {
-    mirror.read().entries.get(key).map(|v| v.as_ref() == serde_json::to_vec(value).unwrap().as_slice()).unwrap_or(false)
+    mirror
+        .read()
+        .entries
+        .get(key)
+        .map(|v| v.as_ref() == serde_json::to_vec(value).unwrap().as_slice())
+        .unwrap_or(false)
 }
 
 #[tokio::test]
 async fn conditional_transactions_write_all_or_nothing() {
-    let store = Store::connect(&testing::shared().store_config("txn")).await.unwrap();
+    let store = Store::connect(&testing::shared().store_config("txn"))
+        .await
+        .unwrap();
     let (a, b) = (store.key(&["a"]), store.key(&["b"]));
     put(&store, &a, "1").await;
     // The compare fails: neither key is written.
     let txn = Txn::new()
         .when([Compare::create_revision(a.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(a.clone(), "\"2\"", None), TxnOp::put(b.clone(), "\"2\"", None)]);
+        .and_then([
+            TxnOp::put(a.clone(), "\"2\"", None),
+            TxnOp::put(b.clone(), "\"2\"", None),
+        ]);
     assert!(!store.txn(txn).await.unwrap().succeeded());
     assert_eq!(store.get::<String>(&a).await.unwrap().unwrap().value, "1");
     assert!(store.get::<String>(&b).await.unwrap().is_none());
@@ -39,35 +52,66 @@ async fn conditional_transactions_write_all_or_nothing() {
 
 #[tokio::test]
 async fn keys_on_a_lease_go_when_it_is_revoked_and_keep_alive_reports_loss() {
-    let store = Store::connect(&testing::shared().store_config("lease")).await.unwrap();
+    let store = Store::connect(&testing::shared().store_config("lease"))
+        .await
+        .unwrap();
     let lease = store.grant_lease(2).await.unwrap();
     let key = store.key(&["held"]);
-    store.txn(Txn::new().and_then([TxnOp::put(key.clone(), "\"x\"", Some(PutOptions::new().with_lease(lease)))])).await.unwrap();
+    store
+        .txn(Txn::new().and_then([TxnOp::put(
+            key.clone(),
+            "\"x\"",
+            Some(PutOptions::new().with_lease(lease)),
+        )]))
+        .await
+        .unwrap();
     assert!(store.renew_lease(lease).await.unwrap() > 0);
     let mut kept = store.keep_alive(lease, 2);
     store.revoke_lease(lease).await.unwrap();
     assert!(store.get::<String>(&key).await.unwrap().is_none());
-    tokio::time::timeout(DEADLINE, kept.lost()).await.expect("keep-alive notices the loss");
-    assert!(matches!(store.renew_lease(lease).await, Err(Error::NotFound { .. })));
-    assert!(matches!(store.grant_lease(1).await, Err(Error::InvalidArgument(_))));
+    tokio::time::timeout(DEADLINE, kept.lost())
+        .await
+        .expect("keep-alive notices the loss");
+    assert!(matches!(
+        store.renew_lease(lease).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.grant_lease(1).await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]
 async fn a_kept_alive_lease_outlives_its_ttl() {
-    let store = Store::connect(&testing::shared().store_config("keepalive")).await.unwrap();
+    let store = Store::connect(&testing::shared().store_config("keepalive"))
+        .await
+        .unwrap();
     // etcd reports whole seconds left; with 5 the count visibly drops
     // between renewals (every third of the TTL) and jumps back at each.
     let lease = store.grant_lease(5).await.unwrap();
     let _kept = store.keep_alive(lease, 5);
     let key = store.key(&["alive"]);
-    store.txn(Txn::new().and_then([TxnOp::put(key.clone(), "\"x\"", Some(PutOptions::new().with_lease(lease)))])).await.unwrap();
+    store
+        .txn(Txn::new().and_then([TxnOp::put(
+            key.clone(),
+            "\"x\"",
+            Some(PutOptions::new().with_lease(lease)),
+        )]))
+        .await
+        .unwrap();
     // Watch the lease's remaining TTL go down and come back up (renewed)
     // rather than timing it: a renewal is seen as a TTL that grew.
     let lowest = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
     wait_for("the lease to be renewed", DEADLINE, || {
         let (store, lowest) = (store.clone(), lowest.clone());
         async move {
-            let ttl = store.client().lease_time_to_live(lease, None).await.ok()?.ttl();
+            let ttl = store
+                .client()
+                .lease_time_to_live(lease, None)
+                .await
+                .ok()?
+                .ttl();
             let before = lowest.fetch_min(ttl, std::sync::atomic::Ordering::Relaxed);
             (ttl > before).then_some(())
         }
@@ -78,16 +122,28 @@ async fn a_kept_alive_lease_outlives_its_ttl() {
 
 #[tokio::test]
 async fn a_mirror_follows_puts_and_deletes() {
-    let store = Store::connect(&testing::shared().store_config("mirror")).await.unwrap();
+    let store = Store::connect(&testing::shared().store_config("mirror"))
+        .await
+        .unwrap();
     let prefix = store.prefix(&["things"]);
     put(&store, &format!("{prefix}a"), "1").await;
     let mirror = Mirror::spawn(&store, prefix.clone());
-    wait_for("the initial list", DEADLINE, || async { has(&mirror, "a", "1").then_some(()) }).await;
+    wait_for("the initial list", DEADLINE, || async {
+        has(&mirror, "a", "1").then_some(())
+    })
+    .await;
     let revision = put(&store, &format!("{prefix}b"), "2").await;
     mirror.wait_for_revision(revision).await;
     assert!(has(&mirror, "b", "2"));
-    store.client().delete(format!("{prefix}a"), None).await.unwrap();
-    wait_for("the delete", DEADLINE, || async { (!mirror.read().entries.contains_key("a")).then_some(()) }).await;
+    store
+        .client()
+        .delete(format!("{prefix}a"), None)
+        .await
+        .unwrap();
+    wait_for("the delete", DEADLINE, || async {
+        (!mirror.read().entries.contains_key("a")).then_some(())
+    })
+    .await;
     // Keys outside the prefix are not mirrored.
     put(&store, &store.key(&["other"]), "x").await;
     assert_eq!(mirror.read().entries.keys().collect::<Vec<_>>(), ["b"]);
@@ -100,13 +156,20 @@ async fn a_mirror_resumes_after_etcd_restarts() {
     let prefix = store.prefix(&["things"]);
     let mirror = Mirror::spawn(&store, prefix.clone());
     put(&store, &format!("{prefix}before"), "1").await;
-    wait_for("the first put", DEADLINE, || async { has(&mirror, "before", "1").then_some(()) }).await;
+    wait_for("the first put", DEADLINE, || async {
+        has(&mirror, "before", "1").then_some(())
+    })
+    .await;
     etcd.restart();
     // Writes after the restart reach the mirror through a resumed watch.
     let written = wait_for("etcd to take writes again", DEADLINE, || async {
         let response = store
             .client()
-            .put(format!("{prefix}after"), serde_json::to_vec("2").unwrap(), None)
+            .put(
+                format!("{prefix}after"),
+                serde_json::to_vec("2").unwrap(),
+                None,
+            )
             .await
             .ok()?;
         Some(response.header()?.revision())
@@ -118,7 +181,9 @@ async fn a_mirror_resumes_after_etcd_restarts() {
 
 #[tokio::test]
 async fn a_watch_from_a_compacted_revision_says_so_and_the_mirror_relists() {
-    let store = Store::connect(&testing::shared().store_config("compact")).await.unwrap();
+    let store = Store::connect(&testing::shared().store_config("compact"))
+        .await
+        .unwrap();
     let prefix = store.prefix(&["things"]);
     let old = put(&store, &format!("{prefix}k"), "1").await;
     let mut newest = old;
@@ -129,7 +194,15 @@ async fn a_watch_from_a_compacted_revision_says_so_and_the_mirror_relists() {
     // Resuming from a revision compacted away is reported, not papered over.
     let snapshot = Arc::new(RwLock::new(Snapshot::default()));
     let (changed, _keep) = tokio::sync::watch::channel(0);
-    let resumed = follow(&store, &prefix, old + 1, &Arc::downgrade(&snapshot), &changed).await.unwrap();
+    let resumed = follow(
+        &store,
+        &prefix,
+        old + 1,
+        &Arc::downgrade(&snapshot),
+        &changed,
+    )
+    .await
+    .unwrap();
     assert_eq!(resumed, Resume::Compacted);
     // A mirror started now lists and follows from the compacted store.
     let mirror = Mirror::spawn(&store, prefix.clone());

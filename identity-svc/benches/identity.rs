@@ -54,7 +54,11 @@ where
 }
 
 fn report(stats: &Stats, baseline: &Stats) {
-    let (p50, p99, b50) = (stats.percentile(0.5), stats.percentile(0.99), baseline.percentile(0.5));
+    let (p50, p99, b50) = (
+        stats.percentile(0.5),
+        stats.percentile(0.99),
+        baseline.percentile(0.5),
+    );
     println!(
         "{:<34} p50 {:>9.1?} p99 {:>9.1?}  = {:>5.2}x {} (p50)",
         stats.name,
@@ -69,20 +73,45 @@ fn report(stats: &Stats, baseline: &Stats) {
 async fn main() {
     let etcd = petset_core::testing::Etcd::start();
     let store = etcd.store_config("bench");
-    let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (grpc, dns) = (listeners.grpc.local_addr().unwrap(), listeners.dns_udp.local_addr().unwrap());
+    let listeners = Listeners::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let (grpc, dns) = (
+        listeners.grpc.local_addr().unwrap(),
+        listeners.dns_udp.local_addr().unwrap(),
+    );
     let shutdown = CancellationToken::new();
-    tokio::spawn(Server::run(store.clone(), "cluster.local", listeners, shutdown.clone()));
-    let channel = petset_core::testing::wait_for("identity-svc", Duration::from_secs(10), || async {
-        tonic::transport::Channel::from_shared(format!("http://{grpc}")).ok()?.connect().await.ok()
-    })
-    .await;
+    tokio::spawn(Server::run(
+        store.clone(),
+        "cluster.local",
+        listeners,
+        shutdown.clone(),
+    ));
+    let channel =
+        petset_core::testing::wait_for("identity-svc", Duration::from_secs(10), || async {
+            tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()
+        })
+        .await;
     let identities = v1::identities_client::IdentitiesClient::new(channel.clone());
     let mut services = v1::services_client::ServicesClient::new(channel.clone());
     let mut leases = v1::leases_client::LeasesClient::new(channel);
-    let lease = leases.grant_lease(v1::GrantLeaseRequest { ttl_seconds: 600 }).await.unwrap().into_inner().lease_id;
+    let lease = leases
+        .grant_lease(v1::GrantLeaseRequest { ttl_seconds: 600 })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease_id;
 
-    let etcd_client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let etcd_client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
     let raw = time("raw etcd txn (baseline)", ROUNDS, |i| {
         let key = format!("{}/raw/{i}", store.root);
         let mut client = etcd_client.clone();
@@ -95,10 +124,19 @@ async fn main() {
     })
     .await;
 
-    let reference = |i: usize| v1::IdentityRef { namespace: "default".into(), set_name: "bench".into(), ordinal: (i % 1_000_000) as i64 };
+    let reference = |i: usize| v1::IdentityRef {
+        namespace: "default".into(),
+        set_name: "bench".into(),
+        ordinal: (i % 1_000_000) as i64,
+    };
     let issue = time("IssueIdentity (gRPC)", ROUNDS, |i| {
         let mut identities = identities.clone();
-        let request = v1::IssueIdentityRequest { r#ref: Some(reference(i)), service_name: "svc".into(), holder: "bench".into(), lease_id: lease };
+        let request = v1::IssueIdentityRequest {
+            r#ref: Some(reference(i)),
+            service_name: "svc".into(),
+            holder: "bench".into(),
+            lease_id: lease,
+        };
         async move {
             identities.issue_identity(request).await.unwrap();
         }
@@ -110,11 +148,19 @@ async fn main() {
             r#ref: Some(reference(i)),
             incarnation: 1,
             address: format!("127.1.{}.{}", (i / 250) % 250, i % 250 + 1),
-            ports: vec![v1::EndpointPort { name: "http".into(), port: 8080, protocol: "TCP".into() }],
+            ports: vec![v1::EndpointPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: "TCP".into(),
+            }],
             ready: true,
             // One pod in forty is behind the benchmarked service: ten pods,
             // an answer that fits a plain 512-byte UDP message.
-            labels: [("app".to_string(), if i % 40 == 0 { "bench" } else { "other" }.to_string())].into(),
+            labels: [(
+                "app".to_string(),
+                if i % 40 == 0 { "bench" } else { "other" }.to_string(),
+            )]
+            .into(),
         };
         async move {
             identities.report_endpoint(request).await.unwrap();
@@ -125,10 +171,18 @@ async fn main() {
     services
         .create_service(v1::CreateServiceRequest {
             service: Some(v1::Service {
-                metadata: Some(v1::ObjectMeta { name: "svc".into(), ..Default::default() }),
+                metadata: Some(v1::ObjectMeta {
+                    name: "svc".into(),
+                    ..Default::default()
+                }),
                 spec: Some(v1::ServiceSpec {
                     selector: [("app".to_string(), "bench".to_string())].into(),
-                    ports: vec![v1::ServicePort { name: "http".into(), port: 80, target_port: "http".into(), ..Default::default() }],
+                    ports: vec![v1::ServicePort {
+                        name: "http".into(),
+                        port: 80,
+                        target_port: "http".into(),
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 }),
             }),
@@ -146,7 +200,10 @@ async fn main() {
     });
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut query = Message::new(1, MessageType::Query, OpCode::Query);
-    query.add_query(Query::query(Name::from_ascii("_http._tcp.svc.default.svc.cluster.local.").unwrap(), RecordType::SRV));
+    query.add_query(Query::query(
+        Name::from_ascii("_http._tcp.svc.default.svc.cluster.local.").unwrap(),
+        RecordType::SRV,
+    ));
     // With EDNS, as dig asks: the answer (SRV plus the targets' addresses)
     // is larger than a plain 512-byte message.
     let mut edns = Edns::new();
@@ -157,7 +214,10 @@ async fn main() {
     petset_core::testing::wait_for("DNS to index the pods", Duration::from_secs(10), || async {
         client.send_to(&wire, dns).await.ok()?;
         let mut buf = vec![0u8; 65535];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await.ok()?.ok()?;
+        let (n, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         (Message::from_vec(&buf[..n]).ok()?.answers.len() >= 10).then_some(())
     })
     .await;
@@ -176,8 +236,14 @@ async fn main() {
         client.recv_from(buf).await.unwrap();
         dns_samples.push(start.elapsed());
     }
-    let udp = Stats { name: "UDP echo (baseline)", samples: udp_samples };
-    let srv = Stats { name: "DNS SRV, 10 ready pods", samples: dns_samples };
+    let udp = Stats {
+        name: "UDP echo (baseline)",
+        samples: udp_samples,
+    };
+    let srv = Stats {
+        name: "DNS SRV, 10 ready pods",
+        samples: dns_samples,
+    };
 
     println!("identity-svc, {ROUNDS} rounds each, one client, sequential");
     report(&raw, &raw);

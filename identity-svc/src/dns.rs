@@ -71,7 +71,10 @@ impl ZoneIndex {
         let zone_name = fqdn(zone.as_str());
         let mut by_namespace: BTreeMap<String, Vec<EndpointRecord>> = BTreeMap::new();
         for endpoint in endpoints {
-            by_namespace.entry(endpoint.namespace.clone()).or_default().push(endpoint);
+            by_namespace
+                .entry(endpoint.namespace.clone())
+                .or_default()
+                .push(endpoint);
         }
         let mut index = ZoneIndex {
             zone: zone_name,
@@ -84,7 +87,12 @@ impl ZoneIndex {
         for service in services {
             let mut pods: Vec<EndpointRecord> = by_namespace
                 .get(&service.namespace)
-                .map(|eps| eps.iter().filter(|e| published(&service, e)).cloned().collect())
+                .map(|eps| {
+                    eps.iter()
+                        .filter(|e| published(&service, e))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             sort_peers(&mut pods);
             for pod in &pods {
@@ -92,16 +100,29 @@ impl ZoneIndex {
                 index.reverse.entry(pod.address).or_default().insert(name);
             }
             index.namespaces.insert(service.namespace.clone());
-            index.services.insert((service.namespace.clone(), service.name.clone()), ServiceEntry { record: service, pods });
+            index.services.insert(
+                (service.namespace.clone(), service.name.clone()),
+                ServiceEntry {
+                    record: service,
+                    pods,
+                },
+            );
         }
         index
     }
 
     fn soa(&self) -> Record {
-        let mname = Name::from_ascii("ns.dns").and_then(|n| n.append_domain(&self.zone)).unwrap_or_else(|_| self.zone.clone());
-        let rname =
-            Name::from_ascii("hostmaster").and_then(|n| n.append_domain(&self.zone)).unwrap_or_else(|_| self.zone.clone());
-        Record::from_rdata(self.zone.clone(), TTL, RData::SOA(SOA::new(mname, rname, self.serial, 7200, 1800, 86400, TTL)))
+        let mname = Name::from_ascii("ns.dns")
+            .and_then(|n| n.append_domain(&self.zone))
+            .unwrap_or_else(|_| self.zone.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(&self.zone))
+            .unwrap_or_else(|_| self.zone.clone());
+        Record::from_rdata(
+            self.zone.clone(),
+            TTL,
+            RData::SOA(SOA::new(mname, rname, self.serial, 7200, 1800, 86400, TTL)),
+        )
     }
 }
 
@@ -128,7 +149,13 @@ pub struct Resolution {
 
 impl Resolution {
     fn refused() -> Self {
-        Resolution { code: ResponseCode::Refused, authoritative: false, answers: vec![], soa: None, additionals: vec![] }
+        Resolution {
+            code: ResponseCode::Refused,
+            authoritative: false,
+            answers: vec![],
+            soa: None,
+            additionals: vec![],
+        }
     }
 }
 
@@ -141,7 +168,11 @@ fn address_record(name: &Name, ip: IpAddr) -> Record {
 }
 
 fn wants(qtype: RecordType, ip: IpAddr) -> bool {
-    matches!((qtype, ip), (RecordType::A | RecordType::ANY, IpAddr::V4(_)) | (RecordType::AAAA | RecordType::ANY, IpAddr::V6(_)))
+    matches!(
+        (qtype, ip),
+        (RecordType::A | RecordType::ANY, IpAddr::V4(_))
+            | (RecordType::AAAA | RecordType::ANY, IpAddr::V6(_))
+    )
 }
 
 /// Answers one question from the index.
@@ -162,15 +193,27 @@ pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution 
         soa: Some(index.soa()),
         additionals: vec![],
     };
-    let nxdomain = || Resolution { code: ResponseCode::NXDomain, ..nodata() };
+    let nxdomain = || Resolution {
+        code: ResponseCode::NXDomain,
+        ..nodata()
+    };
     let depth = (name.num_labels() - index.zone.num_labels()) as usize;
-    let labels: Vec<String> =
-        name.iter().take(depth).map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
+    let labels: Vec<String> = name
+        .iter()
+        .take(depth)
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect();
     let answer = |answers: Vec<Record>, additionals: Vec<Record>| {
         if answers.is_empty() {
             nodata()
         } else {
-            Resolution { code: ResponseCode::NoError, authoritative: true, answers, soa: None, additionals }
+            Resolution {
+                code: ResponseCode::NoError,
+                authoritative: true,
+                answers,
+                soa: None,
+                additionals,
+            }
         }
     };
     match labels.as_slice() {
@@ -189,34 +232,60 @@ pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution 
                 nxdomain()
             }
         }
-        [service, ns, svc] if svc == "svc" => match index.services.get(&(ns.clone(), service.clone())) {
-            None => nxdomain(),
-            Some(entry) => {
-                let answers =
-                    entry.pods.iter().filter(|p| wants(qtype, p.address)).map(|p| address_record(&name, p.address)).collect();
-                answer(answers, vec![])
+        [service, ns, svc] if svc == "svc" => {
+            match index.services.get(&(ns.clone(), service.clone())) {
+                None => nxdomain(),
+                Some(entry) => {
+                    let answers = entry
+                        .pods
+                        .iter()
+                        .filter(|p| wants(qtype, p.address))
+                        .map(|p| address_record(&name, p.address))
+                        .collect();
+                    answer(answers, vec![])
+                }
             }
-        },
+        }
         [first, service, ns, svc] if svc == "svc" => {
-            let Some(entry) = index.services.get(&(ns.clone(), service.clone())) else { return nxdomain() };
+            let Some(entry) = index.services.get(&(ns.clone(), service.clone())) else {
+                return nxdomain();
+            };
             if let Some(proto) = first.strip_prefix('_') {
                 // `_tcp.<svc>...` exists as the parent of SRV names.
-                let has = entry.record.spec.ports.iter().any(|p| p.protocol.srv_label() == proto && !p.name.is_empty());
+                let has = entry
+                    .record
+                    .spec
+                    .ports
+                    .iter()
+                    .any(|p| p.protocol.srv_label() == proto && !p.name.is_empty());
                 return if has { nodata() } else { nxdomain() };
             }
             match entry.pods.iter().find(|p| &p.pod_name() == first) {
                 None => nxdomain(),
                 Some(pod) => {
-                    let answers = if wants(qtype, pod.address) { vec![address_record(&name, pod.address)] } else { vec![] };
+                    let answers = if wants(qtype, pod.address) {
+                        vec![address_record(&name, pod.address)]
+                    } else {
+                        vec![]
+                    };
                     answer(answers, vec![])
                 }
             }
         }
         [port, proto, service, ns, svc] if svc == "svc" => {
-            let Some(entry) = index.services.get(&(ns.clone(), service.clone())) else { return nxdomain() };
-            let (Some(port), Some(proto)) = (port.strip_prefix('_'), proto.strip_prefix('_')) else { return nxdomain() };
-            let Some(service_port) =
-                entry.record.spec.ports.iter().find(|p| p.name == port && p.protocol.srv_label() == proto)
+            let Some(entry) = index.services.get(&(ns.clone(), service.clone())) else {
+                return nxdomain();
+            };
+            let (Some(port), Some(proto)) = (port.strip_prefix('_'), proto.strip_prefix('_'))
+            else {
+                return nxdomain();
+            };
+            let Some(service_port) = entry
+                .record
+                .spec
+                .ports
+                .iter()
+                .find(|p| p.name == port && p.protocol.srv_label() == proto)
             else {
                 return nxdomain();
             };
@@ -232,12 +301,25 @@ pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution 
                     Some((target, port, pod.address))
                 })
                 .collect();
-            let weight = if targets.is_empty() { 0 } else { (100 / targets.len()).max(1) as u16 };
+            let weight = if targets.is_empty() {
+                0
+            } else {
+                (100 / targets.len()).max(1) as u16
+            };
             let answers = targets
                 .iter()
-                .map(|(target, port, _)| Record::from_rdata(name.clone(), TTL, RData::SRV(SRV::new(0, weight, *port, target.clone()))))
+                .map(|(target, port, _)| {
+                    Record::from_rdata(
+                        name.clone(),
+                        TTL,
+                        RData::SRV(SRV::new(0, weight, *port, target.clone())),
+                    )
+                })
                 .collect();
-            let additionals = targets.iter().map(|(target, _, ip)| address_record(target, *ip)).collect();
+            let additionals = targets
+                .iter()
+                .map(|(target, _, ip)| address_record(target, *ip))
+                .collect();
             answer(answers, additionals)
         }
         _ => nxdomain(),
@@ -245,15 +327,28 @@ pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution 
 }
 
 fn reverse(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution {
-    let found = name.parse_arpa_name().ok().filter(|net| net.prefix_len() == net.max_prefix_len()).map(|net| net.addr());
+    let found = name
+        .parse_arpa_name()
+        .ok()
+        .filter(|net| net.prefix_len() == net.max_prefix_len())
+        .map(|net| net.addr());
     match found.and_then(|ip| index.reverse.get(&ip)) {
         Some(targets) => {
             let answers = if matches!(qtype, RecordType::PTR | RecordType::ANY) {
-                targets.iter().map(|t| Record::from_rdata(name.clone(), TTL, RData::PTR(PTR(t.clone())))).collect()
+                targets
+                    .iter()
+                    .map(|t| Record::from_rdata(name.clone(), TTL, RData::PTR(PTR(t.clone()))))
+                    .collect()
             } else {
                 vec![]
             };
-            Resolution { code: ResponseCode::NoError, authoritative: true, answers, soa: None, additionals: vec![] }
+            Resolution {
+                code: ResponseCode::NoError,
+                authoritative: true,
+                answers,
+                soa: None,
+                additionals: vec![],
+            }
         }
         None => Resolution {
             code: ResponseCode::NXDomain,
@@ -275,7 +370,12 @@ impl DnsHandler {
     /// Follows `services` and `endpoints` (mirrors of the store's
     /// `services/` and `endpoints/` prefixes), rebuilding the index after
     /// each change until `shutdown`.
-    pub fn follow(zone: Zone, services: Mirror, endpoints: Mirror, shutdown: CancellationToken) -> DnsHandler {
+    pub fn follow(
+        zone: Zone,
+        services: Mirror,
+        endpoints: Mirror,
+        shutdown: CancellationToken,
+    ) -> DnsHandler {
         let index = Arc::new(RwLock::new(Arc::new(ZoneIndex::build(&zone, 0, [], []))));
         let shared = index.clone();
         tokio::spawn(async move {
@@ -303,30 +403,48 @@ impl DnsHandler {
 fn build_from(zone: &Zone, services: &Mirror, endpoints: &Mirror) -> ZoneIndex {
     let decode = |mirror: &Mirror| {
         let snapshot = mirror.read();
-        (snapshot.revision, snapshot.entries.values().cloned().collect::<Vec<_>>())
+        (
+            snapshot.revision,
+            snapshot.entries.values().cloned().collect::<Vec<_>>(),
+        )
     };
     let (services_revision, services) = decode(services);
     let (endpoints_revision, endpoints) = decode(endpoints);
-    let services = services.iter().filter_map(|raw| match serde_json::from_slice::<ServiceRecord>(raw) {
-        Ok(record) => Some(record),
-        Err(error) => {
-            tracing::error!(%error, "a stored service does not decode; DNS skips it");
-            None
-        }
-    });
-    let endpoints = endpoints.iter().filter_map(|raw| match serde_json::from_slice::<EndpointRecord>(raw) {
-        Ok(record) => Some(record),
-        Err(error) => {
-            tracing::error!(%error, "a stored endpoint does not decode; DNS skips it");
-            None
-        }
-    });
-    ZoneIndex::build(zone, services_revision.max(endpoints_revision), services, endpoints)
+    let services =
+        services
+            .iter()
+            .filter_map(|raw| match serde_json::from_slice::<ServiceRecord>(raw) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::error!(%error, "a stored service does not decode; DNS skips it");
+                    None
+                }
+            });
+    let endpoints =
+        endpoints
+            .iter()
+            .filter_map(|raw| match serde_json::from_slice::<EndpointRecord>(raw) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::error!(%error, "a stored endpoint does not decode; DNS skips it");
+                    None
+                }
+            });
+    ZoneIndex::build(
+        zone,
+        services_revision.max(endpoints_revision),
+        services,
+        endpoints,
+    )
 }
 
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
         let edns = request.edns.as_ref().map(|theirs| {
             let mut ours = Edns::new();
             ours.set_max_payload(theirs.max_payload().max(512));
@@ -343,17 +461,24 @@ impl RequestHandler for DnsHandler {
             metadata
         };
         let outcome = if request.metadata.message_type != MessageType::Query {
-            response.send_response(builder.error_msg(&request.metadata, ResponseCode::FormErr)).await
+            response
+                .send_response(builder.error_msg(&request.metadata, ResponseCode::FormErr))
+                .await
         } else if request.metadata.op_code != OpCode::Query {
-            response.send_response(builder.error_msg(&request.metadata, ResponseCode::NotImp)).await
+            response
+                .send_response(builder.error_msg(&request.metadata, ResponseCode::NotImp))
+                .await
         } else if queries.len() != 1 {
-            response.send_response(builder.build_no_records(code_only(ResponseCode::FormErr))).await
+            response
+                .send_response(builder.build_no_records(code_only(ResponseCode::FormErr)))
+                .await
         } else {
             let query = &queries[0];
             let index = self.index();
             let name: Name = query.name().into();
             let resolution = resolve(&index, &name, query.query_type());
-            metrics::counter!("petset_dns_queries_total", "rcode" => resolution.code.to_string()).increment(1);
+            metrics::counter!("petset_dns_queries_total", "rcode" => resolution.code.to_string())
+                .increment(1);
             tracing::debug!(%name, qtype = %query.query_type(), rcode = %resolution.code, answers = resolution.answers.len(), "dns query");
             let mut metadata = code_only(resolution.code);
             metadata.authoritative = resolution.authoritative;
@@ -369,15 +494,27 @@ impl RequestHandler for DnsHandler {
         };
         outcome.unwrap_or_else(|error| {
             tracing::warn!(%error, "sending a DNS response failed");
-            let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                MessageType::Response,
+                request.metadata.op_code,
+            );
             metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
         })
     }
 }
 
 /// Serves DNS on `udp` and `tcp` until `shutdown`.
-pub async fn serve(handler: DnsHandler, udp: UdpSocket, tcp: TcpListener, shutdown: CancellationToken) {
+pub async fn serve(
+    handler: DnsHandler,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    shutdown: CancellationToken,
+) {
     let mut server = hickory_server::Server::new(handler);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 64);
@@ -422,7 +559,11 @@ mod tests {
             ordinal,
             service: "kubia".into(),
             address: ip.parse().unwrap(),
-            ports: vec![EndpointPort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
             ready,
             labels: [("app".to_string(), "kubia".to_string())].into(),
             incarnation: 1,
@@ -434,7 +575,11 @@ mod tests {
             &Zone::default(),
             7,
             [service(publish_not_ready)],
-            [pod(0, "10.0.0.10", true), pod(1, "10.0.0.11", true), pod(2, "10.0.0.12", false)],
+            [
+                pod(0, "10.0.0.10", true),
+                pod(1, "10.0.0.11", true),
+                pod(2, "10.0.0.12", false),
+            ],
         )
     }
 
@@ -444,7 +589,11 @@ mod tests {
 
     #[test]
     fn srv_lists_each_ready_pod_with_its_target_port() {
-        let r = ask(&index(false), "_http._tcp.kubia.default.svc.cluster.local.", RecordType::SRV);
+        let r = ask(
+            &index(false),
+            "_http._tcp.kubia.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
         assert_eq!(r.code, ResponseCode::NoError);
         assert!(r.authoritative);
         let srv: Vec<(String, u16)> = r
@@ -457,45 +606,107 @@ mod tests {
             .collect();
         assert_eq!(
             srv,
-            [("kubia-0.kubia.default.svc.cluster.local.".to_string(), 8080), ("kubia-1.kubia.default.svc.cluster.local.".to_string(), 8080)]
+            [
+                ("kubia-0.kubia.default.svc.cluster.local.".to_string(), 8080),
+                ("kubia-1.kubia.default.svc.cluster.local.".to_string(), 8080)
+            ]
         );
         assert_eq!(r.additionals.len(), 2);
     }
 
     #[test]
     fn not_ready_pods_only_with_publish_not_ready_addresses() {
-        assert_eq!(ask(&index(false), "kubia-2.kubia.default.svc.cluster.local.", RecordType::A).code, ResponseCode::NXDomain);
-        let r = ask(&index(true), "kubia-2.kubia.default.svc.cluster.local.", RecordType::A);
+        assert_eq!(
+            ask(
+                &index(false),
+                "kubia-2.kubia.default.svc.cluster.local.",
+                RecordType::A
+            )
+            .code,
+            ResponseCode::NXDomain
+        );
+        let r = ask(
+            &index(true),
+            "kubia-2.kubia.default.svc.cluster.local.",
+            RecordType::A,
+        );
         assert_eq!(r.answers.len(), 1);
-        assert_eq!(ask(&index(true), "kubia.default.svc.cluster.local.", RecordType::A).answers.len(), 3);
+        assert_eq!(
+            ask(
+                &index(true),
+                "kubia.default.svc.cluster.local.",
+                RecordType::A
+            )
+            .answers
+            .len(),
+            3
+        );
     }
 
     #[test]
     fn service_a_lists_ready_pods_and_names_are_case_insensitive() {
-        let r = ask(&index(false), "KUBIA.Default.svc.cluster.local.", RecordType::A);
+        let r = ask(
+            &index(false),
+            "KUBIA.Default.svc.cluster.local.",
+            RecordType::A,
+        );
         assert_eq!(r.answers.len(), 2);
-        let r = ask(&index(false), "kubia.default.svc.cluster.local.", RecordType::AAAA);
-        assert_eq!((r.code, r.answers.len(), r.soa.is_some()), (ResponseCode::NoError, 0, true));
+        let r = ask(
+            &index(false),
+            "kubia.default.svc.cluster.local.",
+            RecordType::AAAA,
+        );
+        assert_eq!(
+            (r.code, r.answers.len(), r.soa.is_some()),
+            (ResponseCode::NoError, 0, true)
+        );
     }
 
     #[test]
     fn unknown_in_zone_is_nxdomain_and_outside_is_refused() {
-        let r = ask(&index(false), "nope.default.svc.cluster.local.", RecordType::A);
+        let r = ask(
+            &index(false),
+            "nope.default.svc.cluster.local.",
+            RecordType::A,
+        );
         assert_eq!(r.code, ResponseCode::NXDomain);
         assert!(r.soa.is_some());
-        assert_eq!(ask(&index(false), "example.com.", RecordType::A).code, ResponseCode::Refused);
-        assert_eq!(ask(&index(false), "_ftp._tcp.kubia.default.svc.cluster.local.", RecordType::SRV).code, ResponseCode::NXDomain);
-        assert_eq!(ask(&index(false), "default.svc.cluster.local.", RecordType::A).code, ResponseCode::NoError);
-        assert_eq!(ask(&index(false), "other.svc.cluster.local.", RecordType::A).code, ResponseCode::NXDomain);
+        assert_eq!(
+            ask(&index(false), "example.com.", RecordType::A).code,
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            ask(
+                &index(false),
+                "_ftp._tcp.kubia.default.svc.cluster.local.",
+                RecordType::SRV
+            )
+            .code,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            ask(&index(false), "default.svc.cluster.local.", RecordType::A).code,
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            ask(&index(false), "other.svc.cluster.local.", RecordType::A).code,
+            ResponseCode::NXDomain
+        );
     }
 
     #[test]
     fn ptr_names_the_pod() {
         let r = ask(&index(false), "10.0.0.10.in-addr.arpa.", RecordType::PTR);
         match &r.answers[0].data {
-            RData::PTR(ptr) => assert_eq!(ptr.0.to_string(), "kubia-0.kubia.default.svc.cluster.local."),
+            RData::PTR(ptr) => assert_eq!(
+                ptr.0.to_string(),
+                "kubia-0.kubia.default.svc.cluster.local."
+            ),
             other => panic!("not PTR: {other:?}"),
         }
-        assert_eq!(ask(&index(false), "12.0.0.10.in-addr.arpa.", RecordType::PTR).code, ResponseCode::NXDomain);
+        assert_eq!(
+            ask(&index(false), "12.0.0.10.in-addr.arpa.", RecordType::PTR).code,
+            ResponseCode::NXDomain
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use petset_core::error::{Error, Result, Violations};
-use petset_core::store::{Compare, CompareOp, Txn, PutOptions, Store, TxnOp, encode};
+use petset_core::store::{Compare, CompareOp, PutOptions, Store, Txn, TxnOp, encode};
 use petset_core::validate::{self, Protocol};
 
 use crate::issuance::Issuer;
@@ -36,16 +36,27 @@ pub type RawPort<'a> = (&'a str, i32, &'a str);
 
 impl EndpointReport {
     /// Checks a report's fields.
-    pub fn parse(address: &str, ports: &[RawPort<'_>], ready: bool, labels: BTreeMap<String, String>) -> Result<Self> {
+    pub fn parse(
+        address: &str,
+        ports: &[RawPort<'_>],
+        ready: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Self> {
         let mut v = Violations::new();
         let address = match address.parse::<IpAddr>() {
             Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
             Ok(ip) => {
-                v.add("address", format!("{ip} cannot be a pod's address (unspecified or multicast)"));
+                v.add(
+                    "address",
+                    format!("{ip} cannot be a pod's address (unspecified or multicast)"),
+                );
                 None
             }
             Err(_) => {
-                v.add("address", format!("must be an IPv4 or IPv6 address, got {address:?}"));
+                v.add(
+                    "address",
+                    format!("must be an IPv4 or IPv6 address, got {address:?}"),
+                );
                 None
             }
         };
@@ -55,20 +66,34 @@ impl EndpointReport {
             let field = |f: &str| format!("ports[{i}].{f}");
             if name.is_empty() {
                 if many {
-                    v.add(field("name"), "is required when there is more than one port");
+                    v.add(
+                        field("name"),
+                        "is required when there is more than one port",
+                    );
                 }
             } else {
                 v.check(field("name"), validate::iana_svc_name(name));
             }
             v.check(field("port"), validate::port((*port).into()));
-            let protocol = Protocol::parse(protocol).map_err(|reason| v.add(field("protocol"), reason)).ok();
+            let protocol = Protocol::parse(protocol)
+                .map_err(|reason| v.add(field("protocol"), reason))
+                .ok();
             if let (Some(protocol), Ok(())) = (protocol, validate::port((*port).into())) {
-                parsed.push(EndpointPort { name: name.to_string(), port: *port as u16, protocol });
+                parsed.push(EndpointPort {
+                    name: name.to_string(),
+                    port: *port as u16,
+                    protocol,
+                });
             }
         }
         v.check("labels", validate::labels(&labels));
         v.into_result()?;
-        Ok(EndpointReport { address: address.expect("checked above"), ports: parsed, ready, labels })
+        Ok(EndpointReport {
+            address: address.expect("checked above"),
+            ports: parsed,
+            ready,
+            labels,
+        })
     }
 }
 
@@ -82,11 +107,19 @@ pub struct Endpoints {
 impl Endpoints {
     /// Endpoints kept in `store`.
     pub fn new(store: Store) -> Self {
-        Endpoints { issuer: Issuer::new(store.clone()), store }
+        Endpoints {
+            issuer: Issuer::new(store.clone()),
+            store,
+        }
     }
 
     /// Records where `r` runs, if `incarnation` is the current one.
-    pub async fn report(&self, r: &IdentityRef, incarnation: u64, report: EndpointReport) -> Result<EndpointRecord> {
+    pub async fn report(
+        &self,
+        r: &IdentityRef,
+        incarnation: u64,
+        report: EndpointReport,
+    ) -> Result<EndpointRecord> {
         let holder = self.issuer.current_holder(r, incarnation).await?;
         let keys = Keys(&self.store);
         let record = EndpointRecord {
@@ -101,7 +134,11 @@ impl Endpoints {
             incarnation,
         };
         let txn = Txn::new()
-            .when([Compare::mod_revision(keys.holder(r), CompareOp::Equal, holder.mod_revision)])
+            .when([Compare::mod_revision(
+                keys.holder(r),
+                CompareOp::Equal,
+                holder.mod_revision,
+            )])
             .and_then([TxnOp::put(
                 keys.endpoint(r),
                 encode(&record)?,
@@ -118,7 +155,10 @@ impl Endpoints {
 
     /// Every endpoint in `namespace`.
     pub async fn list(&self, namespace: &str) -> Result<Vec<EndpointRecord>> {
-        let (items, _) = self.store.list::<EndpointRecord>(&Keys(&self.store).endpoints(Some(namespace))).await?;
+        let (items, _) = self
+            .store
+            .list::<EndpointRecord>(&Keys(&self.store).endpoints(Some(namespace)))
+            .await?;
         Ok(items.into_iter().map(|(_, v)| v.value).collect())
     }
 }
@@ -130,7 +170,11 @@ pub fn selects(service: &ServiceRecord, endpoint: &EndpointRecord) -> bool {
     endpoint.namespace == service.namespace
         && endpoint.service == service.name
         && !service.spec.selector.is_empty()
-        && service.spec.selector.iter().all(|(k, v)| endpoint.labels.get(k) == Some(v))
+        && service
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| endpoint.labels.get(k) == Some(v))
 }
 
 /// Whether DNS publishes `endpoint` for `service`: ready, or the service
@@ -140,12 +184,18 @@ pub fn published(service: &ServiceRecord, endpoint: &EndpointRecord) -> bool {
 }
 
 /// The port of `endpoint` that a service port targets, if the pod has it.
-pub fn target_port(target: &TargetPort, protocol: Protocol, endpoint: &EndpointRecord) -> Option<u16> {
+pub fn target_port(
+    target: &TargetPort,
+    protocol: Protocol,
+    endpoint: &EndpointRecord,
+) -> Option<u16> {
     match target {
         TargetPort::Number(n) => Some(*n),
-        TargetPort::Name(name) => {
-            endpoint.ports.iter().find(|p| &p.name == name && p.protocol == protocol).map(|p| p.port)
-        }
+        TargetPort::Name(name) => endpoint
+            .ports
+            .iter()
+            .find(|p| &p.name == name && p.protocol == protocol)
+            .map(|p| p.port),
     }
 }
 
@@ -160,10 +210,20 @@ mod tests {
 
     #[test]
     fn reports_name_every_bad_field() {
-        let err = EndpointReport::parse("not-an-ip", &[("", 0, "TCP"), ("x", 8080, "HTTP")], true, BTreeMap::new())
-            .unwrap_err()
-            .to_string();
-        for field in ["address", "ports[0].name", "ports[0].port", "ports[1].protocol"] {
+        let err = EndpointReport::parse(
+            "not-an-ip",
+            &[("", 0, "TCP"), ("x", 8080, "HTTP")],
+            true,
+            BTreeMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "address",
+            "ports[0].name",
+            "ports[0].port",
+            "ports[1].protocol",
+        ] {
             assert!(err.contains(field), "{field} missing from {err}");
         }
         assert!(EndpointReport::parse("0.0.0.0", &[], true, BTreeMap::new()).is_err());

@@ -30,7 +30,8 @@ pub struct ServicesApi {
 }
 
 fn reference(r: Option<&v1::IdentityRef>) -> Result<IdentityRef, Error> {
-    let r = r.ok_or_else(|| Error::invalid("ref", "is required: namespace, set_name and ordinal"))?;
+    let r =
+        r.ok_or_else(|| Error::invalid("ref", "is required: namespace, set_name and ordinal"))?;
     IdentityRef::parse("ref", &r.namespace, &r.set_name, r.ordinal)
 }
 
@@ -49,7 +50,13 @@ fn holder_to_api(h: &HolderRecord) -> v1::Holder {
     }
 }
 
-fn identity_to_api(zone: &Zone, r: &IdentityRef, service: &str, holder: Option<&HolderRecord>, last: u64) -> v1::Identity {
+fn identity_to_api(
+    zone: &Zone,
+    r: &IdentityRef,
+    service: &str,
+    holder: Option<&HolderRecord>,
+    last: u64,
+) -> v1::Identity {
     let derived = derive(zone, r, service);
     v1::Identity {
         namespace: r.namespace.clone(),
@@ -67,13 +74,20 @@ fn identity_to_api(zone: &Zone, r: &IdentityRef, service: &str, holder: Option<&
 fn ports_to_api(ports: &[EndpointPort]) -> Vec<v1::EndpointPort> {
     ports
         .iter()
-        .map(|p| v1::EndpointPort { name: p.name.clone(), port: p.port.into(), protocol: p.protocol.as_str().into() })
+        .map(|p| v1::EndpointPort {
+            name: p.name.clone(),
+            port: p.port.into(),
+            protocol: p.protocol.as_str().into(),
+        })
         .collect()
 }
 
 #[tonic::async_trait]
 impl identities_server::Identities for IdentitiesApi {
-    async fn get_identity(&self, request: Request<v1::GetIdentityRequest>) -> Result<Response<v1::Identity>, Status> {
+    async fn get_identity(
+        &self,
+        request: Request<v1::GetIdentityRequest>,
+    ) -> Result<Response<v1::Identity>, Status> {
         let request = request.into_inner();
         let r = reference(request.r#ref.as_ref())?;
         let state = self.issuer.state(&r).await?;
@@ -85,12 +99,27 @@ impl identities_server::Identities for IdentitiesApi {
                 name.clone()
             }
             (_, Some(holder)) => holder.service.clone(),
-            _ => return Err(Error::invalid("service_name", "is required while nobody holds the identity").into()),
+            _ => {
+                return Err(Error::invalid(
+                    "service_name",
+                    "is required while nobody holds the identity",
+                )
+                .into());
+            }
         };
-        Ok(Response::new(identity_to_api(&self.zone, &r, &service, state.holder.as_ref(), state.last_incarnation)))
+        Ok(Response::new(identity_to_api(
+            &self.zone,
+            &r,
+            &service,
+            state.holder.as_ref(),
+            state.last_incarnation,
+        )))
     }
 
-    async fn issue_identity(&self, request: Request<v1::IssueIdentityRequest>) -> Result<Response<v1::Identity>, Status> {
+    async fn issue_identity(
+        &self,
+        request: Request<v1::IssueIdentityRequest>,
+    ) -> Result<Response<v1::Identity>, Status> {
         let request = request.into_inner();
         let r = reference(request.r#ref.as_ref());
         let mut v = Violations::new();
@@ -99,15 +128,33 @@ impl identities_server::Identities for IdentitiesApi {
                 v.add(violation.field.clone(), violation.reason.clone());
             }
         }
-        v.check("service_name", petset_core::validate::dns1123_label(&request.service_name));
+        v.check(
+            "service_name",
+            petset_core::validate::dns1123_label(&request.service_name),
+        );
         v.check("holder", check_holder(&request.holder));
         if request.lease_id <= 0 {
-            v.add("lease_id", format!("must be a granted lease id (> 0; see petset.v1.Leases/GrantLease), got {}", request.lease_id));
+            v.add(
+                "lease_id",
+                format!(
+                    "must be a granted lease id (> 0; see petset.v1.Leases/GrantLease), got {}",
+                    request.lease_id
+                ),
+            );
         }
         v.into_result()?;
         let r = r?;
-        let holder = self.issuer.issue(&r, &request.service_name, &request.holder, request.lease_id).await?;
-        let identity = identity_to_api(&self.zone, &r, &holder.service, Some(&holder), holder.incarnation);
+        let holder = self
+            .issuer
+            .issue(&r, &request.service_name, &request.holder, request.lease_id)
+            .await?;
+        let identity = identity_to_api(
+            &self.zone,
+            &r,
+            &holder.service,
+            Some(&holder),
+            holder.incarnation,
+        );
         Ok(Response::new(identity))
     }
 
@@ -118,32 +165,58 @@ impl identities_server::Identities for IdentitiesApi {
         let request = request.into_inner();
         let r = reference(request.r#ref.as_ref())?;
         if request.incarnation == 0 {
-            return Err(Error::invalid("incarnation", "must be the incarnation IssueIdentity returned (>= 1)").into());
+            return Err(Error::invalid(
+                "incarnation",
+                "must be the incarnation IssueIdentity returned (>= 1)",
+            )
+            .into());
         }
         let released = self.issuer.release(&r, request.incarnation).await?;
         Ok(Response::new(v1::ReleaseIdentityResponse { released }))
     }
 
-    async fn report_endpoint(&self, request: Request<v1::ReportEndpointRequest>) -> Result<Response<v1::Endpoint>, Status> {
+    async fn report_endpoint(
+        &self,
+        request: Request<v1::ReportEndpointRequest>,
+    ) -> Result<Response<v1::Endpoint>, Status> {
         let request = request.into_inner();
         let r = reference(request.r#ref.as_ref())?;
         if request.incarnation == 0 {
-            return Err(Error::invalid("incarnation", "must be the incarnation IssueIdentity returned (>= 1)").into());
+            return Err(Error::invalid(
+                "incarnation",
+                "must be the incarnation IssueIdentity returned (>= 1)",
+            )
+            .into());
         }
-        let ports: Vec<_> = request.ports.iter().map(|p| (p.name.as_str(), p.port, p.protocol.as_str())).collect();
+        let ports: Vec<_> = request
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.protocol.as_str()))
+            .collect();
         let labels: BTreeMap<_, _> = request.labels.into_iter().collect();
         let report = EndpointReport::parse(&request.address, &ports, request.ready, labels)?;
-        let record = self.endpoints.report(&r, request.incarnation, report).await?;
+        let record = self
+            .endpoints
+            .report(&r, request.incarnation, report)
+            .await?;
         Ok(Response::new(endpoint_to_api(&self.zone, &record)))
     }
 
-    async fn list_peers(&self, request: Request<v1::ListPeersRequest>) -> Result<Response<v1::ListPeersResponse>, Status> {
+    async fn list_peers(
+        &self,
+        request: Request<v1::ListPeersRequest>,
+    ) -> Result<Response<v1::ListPeersResponse>, Status> {
         let request = request.into_inner();
         let (namespace, name) = services::parse_name(&request.namespace, &request.service_name)
             .map_err(|e| rename(e, "name", "service_name"))?;
         let service = self.services.get(&namespace, &name).await?;
-        let mut members: Vec<EndpointRecord> =
-            self.endpoints.list(&namespace).await?.into_iter().filter(|e| selects(&service.value, e)).collect();
+        let mut members: Vec<EndpointRecord> = self
+            .endpoints
+            .list(&namespace)
+            .await?
+            .into_iter()
+            .filter(|e| selects(&service.value, e))
+            .collect();
         sort_peers(&mut members);
         let peers = members
             .iter()
@@ -176,7 +249,11 @@ fn rename(error: Error, from: &str, to: &str) -> Error {
 }
 
 fn endpoint_to_api(zone: &Zone, e: &EndpointRecord) -> v1::Endpoint {
-    let r = IdentityRef { namespace: e.namespace.clone(), set_name: e.set_name.clone(), ordinal: e.ordinal };
+    let r = IdentityRef {
+        namespace: e.namespace.clone(),
+        set_name: e.set_name.clone(),
+        ordinal: e.ordinal,
+    };
     v1::Endpoint {
         identity: Some(identity_to_api(zone, &r, &e.service, None, e.incarnation)),
         address: e.address.to_string(),
@@ -222,25 +299,45 @@ fn service_to_api(stored: &Versioned<ServiceRecord>) -> v1::Service {
 
 #[tonic::async_trait]
 impl services_server::Services for ServicesApi {
-    async fn create_service(&self, request: Request<v1::CreateServiceRequest>) -> Result<Response<v1::Service>, Status> {
+    async fn create_service(
+        &self,
+        request: Request<v1::CreateServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
         let input = services::parse(request.into_inner().service.as_ref())?;
-        Ok(Response::new(service_to_api(&self.services.create(input).await?)))
+        Ok(Response::new(service_to_api(
+            &self.services.create(input).await?,
+        )))
     }
 
-    async fn update_service(&self, request: Request<v1::UpdateServiceRequest>) -> Result<Response<v1::Service>, Status> {
+    async fn update_service(
+        &self,
+        request: Request<v1::UpdateServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
         let input = services::parse(request.into_inner().service.as_ref())?;
-        Ok(Response::new(service_to_api(&self.services.update(input).await?)))
+        Ok(Response::new(service_to_api(
+            &self.services.update(input).await?,
+        )))
     }
 
-    async fn apply_service(&self, request: Request<v1::ApplyServiceRequest>) -> Result<Response<v1::Service>, Status> {
+    async fn apply_service(
+        &self,
+        request: Request<v1::ApplyServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
         let input = services::parse(request.into_inner().service.as_ref())?;
-        Ok(Response::new(service_to_api(&self.services.apply(input).await?)))
+        Ok(Response::new(service_to_api(
+            &self.services.apply(input).await?,
+        )))
     }
 
-    async fn get_service(&self, request: Request<v1::GetServiceRequest>) -> Result<Response<v1::Service>, Status> {
+    async fn get_service(
+        &self,
+        request: Request<v1::GetServiceRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
         let request = request.into_inner();
         let (namespace, name) = services::parse_name(&request.namespace, &request.name)?;
-        Ok(Response::new(service_to_api(&self.services.get(&namespace, &name).await?)))
+        Ok(Response::new(service_to_api(
+            &self.services.get(&namespace, &name).await?,
+        )))
     }
 
     async fn list_services(
@@ -250,11 +347,20 @@ impl services_server::Services for ServicesApi {
         let namespace = request.into_inner().namespace;
         if !namespace.is_empty() {
             let mut v = Violations::new();
-            v.check("namespace", petset_core::validate::dns1123_label(&namespace));
+            v.check(
+                "namespace",
+                petset_core::validate::dns1123_label(&namespace),
+            );
             v.into_result()?;
         }
         let namespace = (!namespace.is_empty()).then_some(namespace.as_str());
-        let services = self.services.list(namespace).await?.iter().map(service_to_api).collect();
+        let services = self
+            .services
+            .list(namespace)
+            .await?
+            .iter()
+            .map(service_to_api)
+            .collect();
         Ok(Response::new(v1::ListServicesResponse { services }))
     }
 

@@ -20,7 +20,7 @@
 use std::time::SystemTime;
 
 use petset_core::error::{Error, Result};
-use petset_core::store::{Compare, CompareOp, Txn, PutOptions, Store, TxnOp, Versioned, encode};
+use petset_core::store::{Compare, CompareOp, PutOptions, Store, Txn, TxnOp, Versioned, encode};
 use petset_core::validate;
 
 use crate::names::IdentityRef;
@@ -51,7 +51,10 @@ pub fn check_holder(holder: &str) -> std::result::Result<(), String> {
         return Err("is required: name the process that will act for the identity".into());
     }
     if holder.len() > validate::DNS1123_SUBDOMAIN_MAX {
-        return Err(format!("must be no more than 253 characters, got {}", holder.len()));
+        return Err(format!(
+            "must be no more than 253 characters, got {}",
+            holder.len()
+        ));
     }
     if holder.chars().any(|c| c.is_control()) {
         return Err("must be printable (no control characters)".into());
@@ -68,18 +71,37 @@ impl Issuer {
     /// Reads who holds an identity and its last incarnation.
     pub async fn state(&self, r: &IdentityRef) -> Result<IdentityState> {
         let keys = Keys(&self.store);
-        let holder = self.store.get::<HolderRecord>(&keys.holder(r)).await?.map(|v| v.value);
-        let last_incarnation = self.store.get::<u64>(&keys.incarnation(r)).await?.map(|v| v.value).unwrap_or(0);
-        Ok(IdentityState { holder, last_incarnation })
+        let holder = self
+            .store
+            .get::<HolderRecord>(&keys.holder(r))
+            .await?
+            .map(|v| v.value);
+        let last_incarnation = self
+            .store
+            .get::<u64>(&keys.incarnation(r))
+            .await?
+            .map(|v| v.value)
+            .unwrap_or(0);
+        Ok(IdentityState {
+            holder,
+            last_incarnation,
+        })
     }
 
     /// Issues `r` to `holder` under `lease_id`; see the module's guarantees.
-    pub async fn issue(&self, r: &IdentityRef, service: &str, holder: &str, lease_id: i64) -> Result<HolderRecord> {
+    pub async fn issue(
+        &self,
+        r: &IdentityRef,
+        service: &str,
+        holder: &str,
+        lease_id: i64,
+    ) -> Result<HolderRecord> {
         let keys = Keys(&self.store);
         let (holder_key, counter_key) = (keys.holder(r), keys.incarnation(r));
         for _ in 0..ISSUE_ROUNDS {
             let counter = self.store.get::<u64>(&counter_key).await?;
-            let (last, counter_revision) = counter.map(|c| (c.value, c.mod_revision)).unwrap_or((0, 0));
+            let (last, counter_revision) =
+                counter.map(|c| (c.value, c.mod_revision)).unwrap_or((0, 0));
             let record = HolderRecord {
                 holder: holder.to_string(),
                 lease_id,
@@ -93,7 +115,11 @@ impl Issuer {
                     Compare::mod_revision(counter_key.clone(), CompareOp::Equal, counter_revision),
                 ])
                 .and_then([
-                    TxnOp::put(holder_key.clone(), encode(&record)?, Some(PutOptions::new().with_lease(lease_id))),
+                    TxnOp::put(
+                        holder_key.clone(),
+                        encode(&record)?,
+                        Some(PutOptions::new().with_lease(lease_id)),
+                    ),
                     TxnOp::put(counter_key.clone(), encode(&record.incarnation)?, None),
                 ]);
             if self.store.txn(txn).await?.succeeded() {
@@ -102,7 +128,9 @@ impl Issuer {
                 return Ok(record);
             }
             match self.store.get::<HolderRecord>(&holder_key).await? {
-                Some(Versioned { value: current, .. }) if current.holder == holder && current.lease_id == lease_id => {
+                Some(Versioned { value: current, .. })
+                    if current.holder == holder && current.lease_id == lease_id =>
+                {
                     // The same holder asking again (a retry): the issue stands.
                     return Ok(current);
                 }
@@ -118,7 +146,9 @@ impl Issuer {
                 None => continue,
             }
         }
-        Err(Error::Conflict(format!("identity {r} kept changing while being issued; retry")))
+        Err(Error::Conflict(format!(
+            "identity {r} kept changing while being issued; retry"
+        )))
     }
 
     /// Releases `r` if `incarnation` is the current one. Answers whether
@@ -137,8 +167,15 @@ impl Issuer {
         };
         check_current(r, &current.value, incarnation)?;
         let txn = Txn::new()
-            .when([Compare::mod_revision(holder_key.clone(), CompareOp::Equal, current.mod_revision)])
-            .and_then([TxnOp::delete(holder_key, None), TxnOp::delete(keys.endpoint(r), None)]);
+            .when([Compare::mod_revision(
+                holder_key.clone(),
+                CompareOp::Equal,
+                current.mod_revision,
+            )])
+            .and_then([
+                TxnOp::delete(holder_key, None),
+                TxnOp::delete(keys.endpoint(r), None),
+            ]);
         if !self.store.txn(txn).await?.succeeded() {
             // The holder key changed: it expired or was re-issued meanwhile.
             return match self.store.get::<HolderRecord>(&keys.holder(r)).await? {
@@ -151,7 +188,11 @@ impl Issuer {
     }
 
     /// Reads the current holder and checks that `incarnation` is its.
-    pub async fn current_holder(&self, r: &IdentityRef, incarnation: u64) -> Result<Versioned<HolderRecord>> {
+    pub async fn current_holder(
+        &self,
+        r: &IdentityRef,
+        incarnation: u64,
+    ) -> Result<Versioned<HolderRecord>> {
         let keys = Keys(&self.store);
         let Some(current) = self.store.get::<HolderRecord>(&keys.holder(r)).await? else {
             return Err(Error::FailedPrecondition(format!(

@@ -60,19 +60,39 @@ impl Listeners {
     /// port 0, UDP and TCP get the same, free, port.
     pub async fn bind(grpc: SocketAddr, dns: SocketAddr) -> Result<Listeners, ServeError> {
         let bind_err = |what, addr| move |source| ServeError::Bind { what, addr, source };
-        let grpc_listener = TcpListener::bind(grpc).await.map_err(bind_err("gRPC", grpc))?;
+        let grpc_listener = TcpListener::bind(grpc)
+            .await
+            .map_err(bind_err("gRPC", grpc))?;
         let mut last = None;
         for _ in 0..10 {
-            let dns_udp = UdpSocket::bind(dns).await.map_err(bind_err("DNS/UDP", dns))?;
+            let dns_udp = UdpSocket::bind(dns)
+                .await
+                .map_err(bind_err("DNS/UDP", dns))?;
             let udp_addr = dns_udp.local_addr().map_err(bind_err("DNS/UDP", dns))?;
             match TcpListener::bind(udp_addr).await {
-                Ok(dns_tcp) => return Ok(Listeners { grpc: grpc_listener, dns_udp, dns_tcp }),
+                Ok(dns_tcp) => {
+                    return Ok(Listeners {
+                        grpc: grpc_listener,
+                        dns_udp,
+                        dns_tcp,
+                    });
+                }
                 // Port 0 gave a UDP port whose TCP twin is taken: try another.
                 Err(source) if dns.port() == 0 => last = Some(source),
-                Err(source) => return Err(ServeError::Bind { what: "DNS/TCP", addr: udp_addr, source }),
+                Err(source) => {
+                    return Err(ServeError::Bind {
+                        what: "DNS/TCP",
+                        addr: udp_addr,
+                        source,
+                    });
+                }
             }
         }
-        Err(ServeError::Bind { what: "DNS/TCP", addr: dns, source: last.expect("set in the loop") })
+        Err(ServeError::Bind {
+            what: "DNS/TCP",
+            addr: dns,
+            source: last.expect("set in the loop"),
+        })
     }
 }
 
@@ -88,7 +108,10 @@ impl Server {
         listeners: Listeners,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
-        let zone = Zone::new(zone).map_err(|reason| ServeError::Config { setting: "zone", reason })?;
+        let zone = Zone::new(zone).map_err(|reason| ServeError::Config {
+            setting: "zone",
+            reason,
+        })?;
         let store = Store::connect(&store).await.map_err(ServeError::Store)?;
         let services = Services::new(store.clone());
         let identities = IdentitiesApi {
@@ -111,12 +134,20 @@ impl Server {
             root = store.root(),
             "identity-svc serving"
         );
-        let dns = tokio::spawn(dns::serve(handler, listeners.dns_udp, listeners.dns_tcp, shutdown.clone()));
+        let dns = tokio::spawn(dns::serve(
+            handler,
+            listeners.dns_udp,
+            listeners.dns_tcp,
+            shutdown.clone(),
+        ));
         let mut host = ServiceHost::new();
         host.add_service(IdentitiesServer::new(identities))
             .add_service(ServicesServer::new(ServicesApi { services }))
             .add_service(LeaseService::new(store.clone()).into_server());
-        let served = host.serve(listeners.grpc, shutdown.clone()).await.map_err(ServeError::Grpc);
+        let served = host
+            .serve(listeners.grpc, shutdown.clone())
+            .await
+            .map_err(ServeError::Grpc);
         shutdown.cancel();
         let _ = dns.await;
         tracing::info!("identity-svc stopped");

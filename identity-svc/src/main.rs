@@ -10,5 +10,12 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = petset_core::telemetry::init("identity-svc", &config.telemetry)?;
     let listeners = Listeners::bind(config.grpc_addr, config.dns_addr).await?;
     let shutdown = petset_core::shutdown::on_signal();
-    Server::run(config.etcd.store_config(), &config.zone, listeners, shutdown).await.context("identity-svc failed")
+    Server::run(
+        config.etcd.store_config(),
+        &config.zone,
+        listeners,
+        shutdown,
+    )
+    .await
+    .context("identity-svc failed")
 }

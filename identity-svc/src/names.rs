@@ -22,13 +22,27 @@ pub struct IdentityRef {
 impl IdentityRef {
     /// Checks a reference from the API; every broken rule is named under
     /// `field` (e.g. `ref.ordinal`).
-    pub fn parse(field: &str, namespace: &str, set_name: &str, ordinal: i64) -> Result<IdentityRef> {
+    pub fn parse(
+        field: &str,
+        namespace: &str,
+        set_name: &str,
+        ordinal: i64,
+    ) -> Result<IdentityRef> {
         let namespace = validate::namespace_or_default(namespace);
         let mut violations = Violations::new();
-        violations.check(format!("{field}.namespace"), validate::dns1123_label(&namespace));
-        violations.check(format!("{field}.set_name"), validate::dns1123_label(set_name));
+        violations.check(
+            format!("{field}.namespace"),
+            validate::dns1123_label(&namespace),
+        );
+        violations.check(
+            format!("{field}.set_name"),
+            validate::dns1123_label(set_name),
+        );
         if !(0..=MAX_ORDINAL).contains(&ordinal) {
-            violations.add(format!("{field}.ordinal"), format!("must be between 0 and {MAX_ORDINAL}, got {ordinal}"));
+            violations.add(
+                format!("{field}.ordinal"),
+                format!("must be between 0 and {MAX_ORDINAL}, got {ordinal}"),
+            );
         } else {
             let pod = pod_name(set_name, ordinal as u32);
             if validate::dns1123_label(set_name).is_ok() && pod.len() > DNS1123_LABEL_MAX {
@@ -43,7 +57,11 @@ impl IdentityRef {
             }
         }
         violations.into_result()?;
-        Ok(IdentityRef { namespace, set_name: set_name.to_string(), ordinal: ordinal as u32 })
+        Ok(IdentityRef {
+            namespace,
+            set_name: set_name.to_string(),
+            ordinal: ordinal as u32,
+        })
     }
 
     /// `<set>-<ordinal>`.
@@ -143,8 +161,13 @@ mod tests {
         assert!(text.contains("ref.namespace"), "{text}");
         assert!(text.contains("ref.ordinal: must be between 0"), "{text}");
         let long = "a".repeat(62);
-        let err = IdentityRef::parse("ref", "default", &long, 10).unwrap_err().to_string();
-        assert!(err.contains("ref.set_name") && err.contains("no more than 63"), "{err}");
+        let err = IdentityRef::parse("ref", "default", &long, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ref.set_name") && err.contains("no more than 63"),
+            "{err}"
+        );
         assert!(IdentityRef::parse("ref", "default", &"a".repeat(61), 9).is_ok());
     }
 

@@ -162,17 +162,34 @@ impl Keys<'_> {
 
     /// `identities/<ns>/<set>/<ordinal>/holder`.
     pub fn holder(&self, r: &IdentityRef) -> String {
-        self.0.key(&["identities", &r.namespace, &r.set_name, &r.ordinal.to_string(), "holder"])
+        self.0.key(&[
+            "identities",
+            &r.namespace,
+            &r.set_name,
+            &r.ordinal.to_string(),
+            "holder",
+        ])
     }
 
     /// `identities/<ns>/<set>/<ordinal>/incarnation`.
     pub fn incarnation(&self, r: &IdentityRef) -> String {
-        self.0.key(&["identities", &r.namespace, &r.set_name, &r.ordinal.to_string(), "incarnation"])
+        self.0.key(&[
+            "identities",
+            &r.namespace,
+            &r.set_name,
+            &r.ordinal.to_string(),
+            "incarnation",
+        ])
     }
 
     /// `endpoints/<ns>/<set>/<ordinal>`.
     pub fn endpoint(&self, r: &IdentityRef) -> String {
-        self.0.key(&["endpoints", &r.namespace, &r.set_name, &r.ordinal.to_string()])
+        self.0.key(&[
+            "endpoints",
+            &r.namespace,
+            &r.set_name,
+            &r.ordinal.to_string(),
+        ])
     }
 
     /// `endpoints/` or `endpoints/<ns>/`.

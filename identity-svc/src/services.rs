@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
-use petset_core::store::{Compare, CompareOp, Txn, Store, TxnOp, Versioned, encode};
+use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
 use petset_core::validate::{self, Protocol};
 use petset_proto::v1;
 
@@ -43,20 +43,27 @@ pub struct ServiceInput {
 fn dns1035_label(value: &str) -> std::result::Result<(), String> {
     validate::dns1123_label(value)?;
     if !value.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(format!("{value:?} must start with a lower-case letter (DNS-1035 label), e.g. 'my-service'"));
+        return Err(format!(
+            "{value:?} must start with a lower-case letter (DNS-1035 label), e.g. 'my-service'"
+        ));
     }
     Ok(())
 }
 
 /// Checks a service from the API; every broken rule is named.
 pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
-    let Some(service) = service else { return Err(Error::invalid("service", "is required")) };
+    let Some(service) = service else {
+        return Err(Error::invalid("service", "is required"));
+    };
     let meta = service.metadata.clone().unwrap_or_default();
     let spec = service.spec.clone().unwrap_or_default();
     let namespace = validate::namespace_or_default(&meta.namespace);
     let mut v = Violations::new();
     v.check("service.metadata.name", dns1035_label(&meta.name));
-    v.check("service.metadata.namespace", validate::dns1123_label(&namespace));
+    v.check(
+        "service.metadata.namespace",
+        validate::dns1123_label(&namespace),
+    );
     let labels: BTreeMap<_, _> = meta.labels.into_iter().collect();
     v.check("service.metadata.labels", validate::labels(&labels));
     let resource_version = match meta.resource_version.as_str() {
@@ -64,7 +71,10 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
         rv => match rv.parse::<i64>() {
             Ok(n) if n > 0 => Some(n),
             _ => {
-                v.add("service.metadata.resource_version", format!("must be a version read from the server, got {rv:?}"));
+                v.add(
+                    "service.metadata.resource_version",
+                    format!("must be a version read from the server, got {rv:?}"),
+                );
                 None
             }
         },
@@ -91,12 +101,17 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
         let field = |f: &str| format!("service.spec.ports[{i}].{f}");
         if port.name.is_empty() {
             if many {
-                v.add(field("name"), "is required when the service has more than one port");
+                v.add(
+                    field("name"),
+                    "is required when the service has more than one port",
+                );
             }
         } else {
             v.check(field("name"), validate::iana_svc_name(&port.name));
         }
-        let protocol = Protocol::parse(&port.protocol).map_err(|reason| v.add(field("protocol"), reason)).ok();
+        let protocol = Protocol::parse(&port.protocol)
+            .map_err(|reason| v.add(field("protocol"), reason))
+            .ok();
         v.check(field("port"), validate::port(port.port.into()));
         let target_port = match port.target_port.as_str() {
             "" => Some(TargetPort::Number(port.port.clamp(0, 65535) as u16)),
@@ -111,23 +126,39 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
                 Err(_) => match validate::iana_svc_name(text) {
                     Ok(()) => Some(TargetPort::Name(text.to_string())),
                     Err(reason) => {
-                        v.add(field("target_port"), format!("must be a port number or a container port name: {reason}"));
+                        v.add(
+                            field("target_port"),
+                            format!("must be a port number or a container port name: {reason}"),
+                        );
                         None
                     }
                 },
             },
         };
-        if let (Some(protocol), Some(target_port), Ok(())) = (protocol, target_port, validate::port(port.port.into())) {
-            ports.push(ServicePort { name: port.name.clone(), protocol, port: port.port as u16, target_port });
+        if let (Some(protocol), Some(target_port), Ok(())) =
+            (protocol, target_port, validate::port(port.port.into()))
+        {
+            ports.push(ServicePort {
+                name: port.name.clone(),
+                protocol,
+                port: port.port as u16,
+                target_port,
+            });
         }
     }
     for (i, a) in ports.iter().enumerate() {
         for b in &ports[..i] {
             if !a.name.is_empty() && a.name == b.name {
-                v.add("service.spec.ports", format!("port name {:?} is used twice", a.name));
+                v.add(
+                    "service.spec.ports",
+                    format!("port name {:?} is used twice", a.name),
+                );
             }
             if a.port == b.port && a.protocol == b.protocol {
-                v.add("service.spec.ports", format!("port {}/{} is listed twice", a.port, a.protocol.as_str()));
+                v.add(
+                    "service.spec.ports",
+                    format!("port {}/{} is listed twice", a.port, a.protocol.as_str()),
+                );
             }
         }
     }
@@ -137,7 +168,11 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
         name: meta.name,
         labels,
         annotations: meta.annotations.into_iter().collect(),
-        spec: ServiceSpec { selector, ports, publish_not_ready_addresses: spec.publish_not_ready_addresses },
+        spec: ServiceSpec {
+            selector,
+            ports,
+            publish_not_ready_addresses: spec.publish_not_ready_addresses,
+        },
         resource_version,
     })
 }
@@ -165,7 +200,10 @@ impl Services {
     }
 
     fn not_found(namespace: &str, name: &str) -> Error {
-        Error::NotFound { kind: "service", name: format!("{namespace}/{name}") }
+        Error::NotFound {
+            kind: "service",
+            name: format!("{namespace}/{name}"),
+        }
     }
 
     /// Creates a service; `AlreadyExists` if the name is taken.
@@ -186,11 +224,19 @@ impl Services {
             .and_then([TxnOp::put(key.clone(), encode(&record)?, None)]);
         let response = self.store.txn(txn).await?;
         if !response.succeeded() {
-            return Err(Error::AlreadyExists { kind: "service", name: format!("{}/{}", input.namespace, input.name) });
+            return Err(Error::AlreadyExists {
+                kind: "service",
+                name: format!("{}/{}", input.namespace, input.name),
+            });
         }
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
         tracing::info!(namespace = %record.namespace, name = %record.name, "service created");
-        Ok(Versioned { value: record, mod_revision: revision, create_revision: revision, lease: 0 })
+        Ok(Versioned {
+            value: record,
+            mod_revision: revision,
+            create_revision: revision,
+            lease: 0,
+        })
     }
 
     /// Replaces a service's labels, annotations and spec.
@@ -204,14 +250,18 @@ impl Services {
         self.update_over(current, input).await
     }
 
-    async fn update_over(&self, current: Versioned<ServiceRecord>, input: ServiceInput) -> Result<Versioned<ServiceRecord>> {
-        if let Some(rv) = input.resource_version {
-            if rv != current.mod_revision {
-                return Err(Error::Conflict(format!(
-                    "service {}/{} changed since version {rv} (now {}); read it again and reapply",
-                    input.namespace, input.name, current.mod_revision
-                )));
-            }
+    async fn update_over(
+        &self,
+        current: Versioned<ServiceRecord>,
+        input: ServiceInput,
+    ) -> Result<Versioned<ServiceRecord>> {
+        if let Some(rv) = input.resource_version
+            && rv != current.mod_revision
+        {
+            return Err(Error::Conflict(format!(
+                "service {}/{} changed since version {rv} (now {}); read it again and reapply",
+                input.namespace, input.name, current.mod_revision
+            )));
         }
         let key = Keys(&self.store).service(&input.namespace, &input.name);
         let mut record = current.value.clone();
@@ -225,7 +275,11 @@ impl Services {
             return Ok(current);
         }
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                current.mod_revision,
+            )])
             .and_then([TxnOp::put(key, encode(&record)?, None)]);
         let response = self.store.txn(txn).await?;
         if !response.succeeded() {
@@ -236,7 +290,12 @@ impl Services {
         }
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
         tracing::info!(namespace = %record.namespace, name = %record.name, generation = record.generation, "service updated");
-        Ok(Versioned { value: record, mod_revision: revision, create_revision: current.create_revision, lease: 0 })
+        Ok(Versioned {
+            value: record,
+            mod_revision: revision,
+            create_revision: current.create_revision,
+            lease: 0,
+        })
     }
 
     /// Creates the service or updates it: what `apply` does. Retries when a
@@ -250,7 +309,9 @@ impl Services {
                 Some(current) => self.update_over(current, input.clone()).await,
             };
             match outcome {
-                Err(error @ (Error::AlreadyExists { .. } | Error::Conflict(_))) if input.resource_version.is_none() => {
+                Err(error @ (Error::AlreadyExists { .. } | Error::Conflict(_)))
+                    if input.resource_version.is_none() =>
+                {
                     last = Some(error);
                 }
                 other => return other,
@@ -269,7 +330,10 @@ impl Services {
 
     /// Lists the services of one namespace, or of all.
     pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<Versioned<ServiceRecord>>> {
-        let (items, _) = self.store.list::<ServiceRecord>(&Keys(&self.store).services(namespace)).await?;
+        let (items, _) = self
+            .store
+            .list::<ServiceRecord>(&Keys(&self.store).services(namespace))
+            .await?;
         Ok(items.into_iter().map(|(_, v)| v).collect())
     }
 
@@ -293,11 +357,18 @@ mod tests {
 
     fn service(f: impl FnOnce(&mut v1::Service)) -> v1::Service {
         let mut s = v1::Service {
-            metadata: Some(v1::ObjectMeta { name: "kubia".into(), ..Default::default() }),
+            metadata: Some(v1::ObjectMeta {
+                name: "kubia".into(),
+                ..Default::default()
+            }),
             spec: Some(v1::ServiceSpec {
                 cluster_ip: "None".into(),
                 selector: [("app".to_string(), "kubia".to_string())].into(),
-                ports: vec![v1::ServicePort { name: "http".into(), port: 80, ..Default::default() }],
+                ports: vec![v1::ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         };
@@ -322,9 +393,13 @@ mod tests {
 
     #[test]
     fn only_headless_services() {
-        let fields = field_of(parse(Some(&service(|s| s.spec.as_mut().unwrap().cluster_ip = "10.0.0.1".into()))));
+        let fields = field_of(parse(Some(&service(|s| {
+            s.spec.as_mut().unwrap().cluster_ip = "10.0.0.1".into()
+        }))));
         assert_eq!(fields, ["service.spec.cluster_ip"]);
-        let fields = field_of(parse(Some(&service(|s| s.spec.as_mut().unwrap().r#type = "NodePort".into()))));
+        let fields = field_of(parse(Some(&service(|s| {
+            s.spec.as_mut().unwrap().r#type = "NodePort".into()
+        }))));
         assert_eq!(fields, ["service.spec.type"]);
     }
 
@@ -332,8 +407,17 @@ mod tests {
     fn every_bad_port_field_is_named() {
         let fields = field_of(parse(Some(&service(|s| {
             s.spec.as_mut().unwrap().ports = vec![
-                v1::ServicePort { name: "".into(), port: 0, protocol: "tcp".into(), target_port: "70000".into() },
-                v1::ServicePort { name: "Bad_Name".into(), port: 80, ..Default::default() },
+                v1::ServicePort {
+                    name: "".into(),
+                    port: 0,
+                    protocol: "tcp".into(),
+                    target_port: "70000".into(),
+                },
+                v1::ServicePort {
+                    name: "Bad_Name".into(),
+                    port: 80,
+                    ..Default::default()
+                },
             ]
         }))));
         assert_eq!(
@@ -350,9 +434,13 @@ mod tests {
 
     #[test]
     fn names_must_be_dns_labels() {
-        let fields = field_of(parse(Some(&service(|s| s.metadata.as_mut().unwrap().name = "0kubia".into()))));
+        let fields = field_of(parse(Some(&service(|s| {
+            s.metadata.as_mut().unwrap().name = "0kubia".into()
+        }))));
         assert_eq!(fields, ["service.metadata.name"]);
-        let fields = field_of(parse(Some(&service(|s| s.metadata.as_mut().unwrap().namespace = "../etc".into()))));
+        let fields = field_of(parse(Some(&service(|s| {
+            s.metadata.as_mut().unwrap().namespace = "../etc".into()
+        }))));
         assert_eq!(fields, ["service.metadata.namespace"]);
     }
 }

@@ -26,17 +26,31 @@ impl Store {
         if !TTL_RANGE.contains(&ttl) {
             return Err(Error::invalid(
                 "ttl_seconds",
-                format!("must be between {} and {} seconds, got {ttl}", TTL_RANGE.start(), TTL_RANGE.end()),
+                format!(
+                    "must be between {} and {} seconds, got {ttl}",
+                    TTL_RANGE.start(),
+                    TTL_RANGE.end()
+                ),
             ));
         }
-        let response = self.client.clone().lease_grant(ttl, None).await.map_err(etcd_error)?;
+        let response = self
+            .client
+            .clone()
+            .lease_grant(ttl, None)
+            .await
+            .map_err(etcd_error)?;
         Ok(response.id())
     }
 
     /// Renews a lease once and answers the TTL it now has. `NotFound` when
     /// the lease has expired.
     pub async fn renew_lease(&self, id: i64) -> Result<i64> {
-        let (mut keeper, mut responses) = self.client.clone().lease_keep_alive(id).await.map_err(etcd_error)?;
+        let (mut keeper, mut responses) = self
+            .client
+            .clone()
+            .lease_keep_alive(id)
+            .await
+            .map_err(etcd_error)?;
         keeper.keep_alive().await.map_err(etcd_error)?;
         match responses.message().await.map_err(etcd_error)? {
             Some(response) if response.ttl() > 0 => Ok(response.ttl()),
@@ -46,7 +60,11 @@ impl Store {
 
     /// Revokes a lease: every key attached to it is deleted at once.
     pub async fn revoke_lease(&self, id: i64) -> Result<()> {
-        self.client.clone().lease_revoke(id).await.map_err(etcd_error)?;
+        self.client
+            .clone()
+            .lease_revoke(id)
+            .await
+            .map_err(etcd_error)?;
         Ok(())
     }
 
@@ -70,7 +88,9 @@ impl Store {
                     }
                     // etcd out of reach: keep trying; the lease may still
                     // be alive, and if it is not, the next answer says so.
-                    Err(error) => tracing::warn!(lease = id, %error, "lease renewal failed; retrying"),
+                    Err(error) => {
+                        tracing::warn!(lease = id, %error, "lease renewal failed; retrying")
+                    }
                 }
             }
         });
@@ -79,7 +99,10 @@ impl Store {
 }
 
 fn lease_gone(id: i64) -> Error {
-    Error::NotFound { kind: "lease", name: format!("{id} (expired or revoked)") }
+    Error::NotFound {
+        kind: "lease",
+        name: format!("{id} (expired or revoked)"),
+    }
 }
 
 /// A lease kept alive in the background; renewals stop when it is dropped.

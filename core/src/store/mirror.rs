@@ -58,8 +58,17 @@ impl Mirror {
         let prefix = prefix.into();
         let snapshot = Arc::new(RwLock::new(Snapshot::default()));
         let (changed_tx, changed) = watch::channel(0);
-        tokio::spawn(run(store.clone(), prefix.clone(), Arc::downgrade(&snapshot), changed_tx));
-        Mirror { prefix, snapshot, changed }
+        tokio::spawn(run(
+            store.clone(),
+            prefix.clone(),
+            Arc::downgrade(&snapshot),
+            changed_tx,
+        ));
+        Mirror {
+            prefix,
+            snapshot,
+            changed,
+        }
     }
 
     /// The mirrored prefix.
@@ -69,7 +78,9 @@ impl Mirror {
 
     /// Reads the current copy. Hold the guard briefly: writers wait on it.
     pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
-        self.snapshot.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.snapshot
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver of the revision applied last; it changes after each
@@ -85,11 +96,18 @@ impl Mirror {
     }
 }
 
-async fn run(store: Store, prefix: String, snapshot: Weak<RwLock<Snapshot>>, changed: watch::Sender<i64>) {
+async fn run(
+    store: Store,
+    prefix: String,
+    snapshot: Weak<RwLock<Snapshot>>,
+    changed: watch::Sender<i64>,
+) {
     let mut backoff = Backoff::default();
     let mut resume_from: Option<i64> = None;
     loop {
-        let Some(shared) = snapshot.upgrade() else { return };
+        let Some(shared) = snapshot.upgrade() else {
+            return;
+        };
         let from = match resume_from {
             Some(from) => from,
             None => match list(&store, &prefix).await {
@@ -135,7 +153,11 @@ async fn run(store: Store, prefix: String, snapshot: Weak<RwLock<Snapshot>>, cha
 }
 
 async fn list(store: &Store, prefix: &str) -> Result<Snapshot> {
-    let response = store.client().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(etcd_error)?;
+    let response = store
+        .client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(etcd_error)?;
     let revision = response.header().map(|h| h.revision()).unwrap_or_default();
     let entries = response
         .kvs()
@@ -159,8 +181,15 @@ pub async fn follow(
     snapshot: &Weak<RwLock<Snapshot>>,
     changed: &watch::Sender<i64>,
 ) -> Result<Resume> {
-    let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-    let mut stream = store.client().watch(prefix, Some(options)).await.map_err(etcd_error)?;
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(from)
+        .with_progress_notify();
+    let mut stream = store
+        .client()
+        .watch(prefix, Some(options))
+        .await
+        .map_err(etcd_error)?;
     let mut next = from;
     loop {
         let message = tokio::select! {
@@ -182,7 +211,9 @@ pub async fn follow(
         if response.canceled() {
             return Ok(Resume::From(next));
         }
-        let Some(shared) = snapshot.upgrade() else { return Ok(Resume::From(next)) };
+        let Some(shared) = snapshot.upgrade() else {
+            return Ok(Resume::From(next));
+        };
         if let Some(last) = response.events().last().and_then(|e| e.kv()) {
             let mut guard = shared.write().unwrap_or_else(|p| p.into_inner());
             for event in response.events() {
@@ -190,7 +221,9 @@ pub async fn follow(
                 let key = strip(prefix, kv.key());
                 match event.event_type() {
                     EventType::Put => {
-                        guard.entries.insert(key, Bytes::copy_from_slice(kv.value()));
+                        guard
+                            .entries
+                            .insert(key, Bytes::copy_from_slice(kv.value()));
                     }
                     EventType::Delete => {
                         guard.entries.remove(&key);
@@ -221,7 +254,9 @@ struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: Duration::from_millis(100) }
+        Backoff {
+            next: Duration::from_millis(100),
+        }
     }
 }
 

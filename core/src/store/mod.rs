@@ -46,7 +46,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,11 +70,17 @@ impl Store {
     /// Connects to etcd. Fails with `Unavailable` when no endpoint answers.
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
         if config.endpoints.is_empty() {
-            return Err(Error::invalid("etcd endpoints", "at least one etcd endpoint is needed"));
+            return Err(Error::invalid(
+                "etcd endpoints",
+                "at least one etcd endpoint is needed",
+            ));
         }
         let root = config.root.trim_end_matches('/').to_string();
         if !root.starts_with('/') {
-            return Err(Error::invalid("etcd root", format!("must start with '/', got {:?}", config.root)));
+            return Err(Error::invalid(
+                "etcd root",
+                format!("must start with '/', got {:?}", config.root),
+            ));
         }
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -80,7 +88,12 @@ impl Store {
             .with_keep_alive_while_idle(true);
         let client = Client::connect(&config.endpoints, Some(options))
             .await
-            .map_err(|e| Error::unavailable(format!("cannot connect to etcd at {}", config.endpoints.join(",")), e))?;
+            .map_err(|e| {
+                Error::unavailable(
+                    format!("cannot connect to etcd at {}", config.endpoints.join(",")),
+                    e,
+                )
+            })?;
         Ok(Store { client, root })
     }
 
@@ -115,15 +128,27 @@ impl Store {
 
     /// Reads one key and decodes its JSON value.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>> {
-        let response = self.client.clone().get(key, None).await.map_err(etcd_error)?;
+        let response = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(etcd_error)?;
         response.kvs().first().map(decode).transpose()
     }
 
     /// Reads every key under `prefix` and decodes them, with the store
     /// revision the read saw.
-    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<(Vec<(String, Versioned<T>)>, i64)> {
-        let response =
-            self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(etcd_error)?;
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(String, Versioned<T>)>, i64)> {
+        let response = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_error)?;
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
         let items = response
             .kvs()
@@ -141,28 +166,44 @@ impl Store {
 
 /// Encodes a value as stored.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Internal { message: "encoding a stored value".into(), source: Some(Box::new(e)) })
+    serde_json::to_vec(value).map_err(|e| Error::Internal {
+        message: "encoding a stored value".into(),
+        source: Some(Box::new(e)),
+    })
 }
 
 /// Decodes one stored key-value.
 pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>> {
     let value = serde_json::from_slice(kv.value()).map_err(|e| Error::Internal {
-        message: format!("stored value at {:?} does not decode", String::from_utf8_lossy(kv.key())),
+        message: format!(
+            "stored value at {:?} does not decode",
+            String::from_utf8_lossy(kv.key())
+        ),
         source: Some(Box::new(e)),
     })?;
-    Ok(Versioned { value, mod_revision: kv.mod_revision(), create_revision: kv.create_revision(), lease: kv.lease() })
+    Ok(Versioned {
+        value,
+        mod_revision: kv.mod_revision(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+    })
 }
 
 /// Maps an etcd error to the API error: a missing lease is the caller's
 /// problem, everything else is etcd being out of reach.
 pub fn etcd_error(error: etcd_client::Error) -> Error {
     let lease_missing = match &error {
-        etcd_client::Error::GRpcStatus(status) => status.message().contains("requested lease not found"),
+        etcd_client::Error::GRpcStatus(status) => {
+            status.message().contains("requested lease not found")
+        }
         etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
         _ => false,
     };
     if lease_missing {
-        return Error::NotFound { kind: "lease", name: "the given lease (expired or never granted)".into() };
+        return Error::NotFound {
+            kind: "lease",
+            name: "the given lease (expired or never granted)".into(),
+        };
     }
     Error::unavailable("etcd request failed", error)
 }

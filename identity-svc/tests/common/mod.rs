@@ -34,20 +34,48 @@ impl TestServer {
     /// Starts a server over `store` (pass the same config to start a
     /// second replica or a restarted one).
     pub async fn start(store: StoreConfig) -> TestServer {
-        let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
         let grpc = listeners.grpc.local_addr().unwrap();
         let dns = listeners.dns_udp.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (store, shutdown) = (store.clone(), shutdown.clone());
-            async move { Server::run(store, "cluster.local", listeners, shutdown).await.expect("identity-svc runs") }
+            async move {
+                Server::run(store, "cluster.local", listeners, shutdown)
+                    .await
+                    .expect("identity-svc runs")
+            }
         });
-        let server = TestServer { grpc, dns, store, shutdown, task: Some(task) };
-        petset_core::testing::wait_for("identity-svc to answer gRPC", Duration::from_secs(10), || async {
-            let channel = Channel::from_shared(format!("http://{grpc}")).ok()?.connect().await.ok()?;
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok()
-        })
+        let server = TestServer {
+            grpc,
+            dns,
+            store,
+            shutdown,
+            task: Some(task),
+        };
+        petset_core::testing::wait_for(
+            "identity-svc to answer gRPC",
+            Duration::from_secs(10),
+            || async {
+                let channel = Channel::from_shared(format!("http://{grpc}"))
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .ok()
+            },
+        )
         .await;
         server
     }
@@ -61,7 +89,11 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn identities(&self) -> IdentitiesClient<Channel> {
@@ -88,10 +120,13 @@ impl TestServer {
         options.use_hosts_file = ResolveHosts::Never;
         options.attempts = 1;
         options.timeout = Duration::from_secs(2);
-        Resolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .unwrap()
+        Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![server]),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(options)
+        .build()
+        .unwrap()
     }
 
     /// Sends one query over UDP and returns the whole response, for
@@ -101,9 +136,15 @@ impl TestServer {
         let mut query = Message::new(rand_id(), MessageType::Query, OpCode::Query);
         query.metadata.recursion_desired = true;
         query.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-        socket.send_to(&query.to_vec().unwrap(), self.dns).await.unwrap();
+        socket
+            .send_to(&query.to_vec().unwrap(), self.dns)
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 4096];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let response = Message::from_vec(&buf[..n]).unwrap();
         assert_eq!(response.metadata.id, query.metadata.id);
         response
@@ -111,7 +152,11 @@ impl TestServer {
 }
 
 fn rand_id() -> u16 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() & 0xffff) as u16
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        & 0xffff) as u16
 }
 
 impl Drop for TestServer {
@@ -126,25 +171,49 @@ pub fn rcode(message: &Message) -> ResponseCode {
 
 pub fn kubia_service() -> v1::Service {
     v1::Service {
-        metadata: Some(v1::ObjectMeta { name: "kubia".into(), ..Default::default() }),
+        metadata: Some(v1::ObjectMeta {
+            name: "kubia".into(),
+            ..Default::default()
+        }),
         spec: Some(v1::ServiceSpec {
             cluster_ip: "None".into(),
             selector: [("app".to_string(), "kubia".to_string())].into(),
-            ports: vec![v1::ServicePort { name: "http".into(), port: 80, target_port: "http".into(), ..Default::default() }],
+            ports: vec![v1::ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: "http".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
     }
 }
 
 pub fn kubia_ref(ordinal: i64) -> v1::IdentityRef {
-    v1::IdentityRef { namespace: "default".into(), set_name: "kubia".into(), ordinal }
+    v1::IdentityRef {
+        namespace: "default".into(),
+        set_name: "kubia".into(),
+        ordinal,
+    }
 }
 
 pub async fn grant(server: &TestServer, ttl: i64) -> i64 {
-    server.leases().await.grant_lease(v1::GrantLeaseRequest { ttl_seconds: ttl }).await.unwrap().into_inner().lease_id
+    server
+        .leases()
+        .await
+        .grant_lease(v1::GrantLeaseRequest { ttl_seconds: ttl })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease_id
 }
 
-pub async fn issue(server: &TestServer, ordinal: i64, holder: &str, lease: i64) -> Result<v1::Identity, tonic::Status> {
+pub async fn issue(
+    server: &TestServer,
+    ordinal: i64,
+    holder: &str,
+    lease: i64,
+) -> Result<v1::Identity, tonic::Status> {
     server
         .identities()
         .await
@@ -158,7 +227,13 @@ pub async fn issue(server: &TestServer, ordinal: i64, holder: &str, lease: i64) 
         .map(|r| r.into_inner())
 }
 
-pub async fn report(server: &TestServer, ordinal: i64, incarnation: u64, address: &str, ready: bool) -> Result<v1::Endpoint, tonic::Status> {
+pub async fn report(
+    server: &TestServer,
+    ordinal: i64,
+    incarnation: u64,
+    address: &str,
+    ready: bool,
+) -> Result<v1::Endpoint, tonic::Status> {
     server
         .identities()
         .await
@@ -166,7 +241,11 @@ pub async fn report(server: &TestServer, ordinal: i64, incarnation: u64, address
             r#ref: Some(kubia_ref(ordinal)),
             incarnation,
             address: address.into(),
-            ports: vec![v1::EndpointPort { name: "http".into(), port: 8080, protocol: "TCP".into() }],
+            ports: vec![v1::EndpointPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: "TCP".into(),
+            }],
             ready,
             labels: [("app".to_string(), "kubia".to_string())].into(),
         })
@@ -177,7 +256,13 @@ pub async fn report(server: &TestServer, ordinal: i64, incarnation: u64, address
 /// The SRV targets and ports a real resolver gets for the kubia service,
 /// sorted; empty when the name has no records.
 pub async fn srv(resolver: &TokioResolver) -> Vec<(String, u16)> {
-    match resolver.lookup("_http._tcp.kubia.default.svc.cluster.local.", RecordType::SRV).await {
+    match resolver
+        .lookup(
+            "_http._tcp.kubia.default.svc.cluster.local.",
+            RecordType::SRV,
+        )
+        .await
+    {
         Ok(lookup) => {
             let mut out: Vec<(String, u16)> = lookup
                 .answers()
@@ -196,7 +281,24 @@ pub async fn srv(resolver: &TokioResolver) -> Vec<(String, u16)> {
 
 /// Every key under a root, for checking that refused requests wrote nothing.
 pub async fn all_keys(store: &StoreConfig) -> Vec<(String, Vec<u8>)> {
-    let mut client = etcd_client::Client::connect(&store.endpoints, None).await.unwrap();
-    let response = client.get(store.root.clone(), Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
-    response.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect()
+    let mut client = etcd_client::Client::connect(&store.endpoints, None)
+        .await
+        .unwrap();
+    let response = client
+        .get(
+            store.root.clone(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
+        .collect()
 }
