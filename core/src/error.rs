@@ -149,6 +149,21 @@ impl Violations {
         }
     }
 
+    /// Takes in the outcome of a check that answers the API error (a
+    /// parser of a nested part, say): its violations join these, so that
+    /// one answer names every broken rule. `Ok(None)` when it had
+    /// violations; any other error is passed on.
+    pub fn merge<T>(&mut self, outcome: Result<T>) -> Result<Option<T>> {
+        match outcome {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::InvalidArgument(violations)) => {
+                self.0.extend(violations);
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     /// `Ok` when nothing was recorded, otherwise [`Error::InvalidArgument`].
     pub fn into_result(self) -> Result<()> {
         if self.0.is_empty() {

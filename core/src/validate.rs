@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::Violations;
+
 /// Longest DNS-1123 label: 63 characters.
 pub const DNS1123_LABEL_MAX: usize = 63;
 /// Longest DNS-1123 subdomain: 253 characters.
@@ -147,6 +149,39 @@ impl Protocol {
             Protocol::Sctp => "sctp",
         }
     }
+}
+
+/// One port of a list (a service's ports, a pod's container ports): its
+/// name is an IANA service name, required when the port is one of several;
+/// its protocol and number are valid. Each broken rule is recorded under
+/// `<field>.name`, `<field>.protocol` or `<field>.port`. Answers the protocol
+/// and number when both are valid.
+pub fn named_port(
+    v: &mut Violations,
+    field: &str,
+    name: &str,
+    number: i32,
+    protocol: &str,
+    one_of_several: bool,
+) -> Option<(Protocol, u16)> {
+    if name.is_empty() {
+        if one_of_several {
+            v.add(
+                format!("{field}.name"),
+                "is required when there is more than one port",
+            );
+        }
+    } else {
+        v.check(format!("{field}.name"), iana_svc_name(name));
+    }
+    let protocol = Protocol::parse(protocol)
+        .map_err(|reason| v.add(format!("{field}.protocol"), reason))
+        .ok();
+    let number = port(number.into())
+        .map_err(|reason| v.add(format!("{field}.port"), reason))
+        .ok()
+        .map(|()| number as u16);
+    protocol.zip(number)
 }
 
 /// A label key: an optional DNS-1123 subdomain prefix and '/', then a name of

@@ -19,6 +19,11 @@ async fn put(store: &Store, key: &str, value: &str) -> i64 {
     response.header().unwrap().revision()
 }
 
+async fn put_on_lease(store: &Store, key: &str, lease: i64) {
+    let put = TxnOp::put(key, "\"x\"", Some(PutOptions::new().with_lease(lease)));
+    store.txn(Txn::new().and_then([put])).await.unwrap();
+}
+
 fn has(mirror: &Mirror, key: &str, value: &str) -> bool {
     mirror
         .read()
@@ -57,14 +62,7 @@ async fn keys_on_a_lease_go_when_it_is_revoked_and_keep_alive_reports_loss() {
         .unwrap();
     let lease = store.grant_lease(2).await.unwrap();
     let key = store.key(&["held"]);
-    store
-        .txn(Txn::new().and_then([TxnOp::put(
-            key.clone(),
-            "\"x\"",
-            Some(PutOptions::new().with_lease(lease)),
-        )]))
-        .await
-        .unwrap();
+    put_on_lease(&store, &key, lease).await;
     assert!(store.renew_lease(lease).await.unwrap() > 0);
     let mut kept = store.keep_alive(lease, 2);
     store.revoke_lease(lease).await.unwrap();
@@ -92,14 +90,7 @@ async fn a_kept_alive_lease_outlives_its_ttl() {
     let lease = store.grant_lease(5).await.unwrap();
     let _kept = store.keep_alive(lease, 5);
     let key = store.key(&["alive"]);
-    store
-        .txn(Txn::new().and_then([TxnOp::put(
-            key.clone(),
-            "\"x\"",
-            Some(PutOptions::new().with_lease(lease)),
-        )]))
-        .await
-        .unwrap();
+    put_on_lease(&store, &key, lease).await;
     // Watch the lease's remaining TTL go down and come back up (renewed)
     // rather than timing it: a renewal is seen as a TTL that grew.
     let lowest = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
@@ -54,7 +54,8 @@ struct ServiceEntry {
 pub struct ZoneIndex {
     zone: Name,
     zone_text: Zone,
-    serial: u32,
+    /// The zone's SOA at this revision, for apex and negative answers.
+    soa: Record,
     namespaces: BTreeSet<String>,
     services: HashMap<(String, String), ServiceEntry>,
     reverse: HashMap<IpAddr, BTreeSet<Name>>,
@@ -76,10 +77,11 @@ impl ZoneIndex {
                 .or_default()
                 .push(endpoint);
         }
+        let serial = (revision.max(0) as u64 & u32::MAX as u64) as u32;
         let mut index = ZoneIndex {
+            soa: soa(&zone_name, serial),
             zone: zone_name,
             zone_text: zone.clone(),
-            serial: (revision.max(0) as u64 & u32::MAX as u64) as u32,
             namespaces: BTreeSet::new(),
             services: HashMap::new(),
             reverse: HashMap::new(),
@@ -110,21 +112,26 @@ impl ZoneIndex {
         }
         index
     }
-
-    fn soa(&self) -> Record {
-        let mname = Name::from_ascii("ns.dns")
-            .and_then(|n| n.append_domain(&self.zone))
-            .unwrap_or_else(|_| self.zone.clone());
-        let rname = Name::from_ascii("hostmaster")
-            .and_then(|n| n.append_domain(&self.zone))
-            .unwrap_or_else(|_| self.zone.clone());
-        Record::from_rdata(
-            self.zone.clone(),
-            TTL,
-            RData::SOA(SOA::new(mname, rname, self.serial, 7200, 1800, 86400, TTL)),
-        )
-    }
 }
+
+fn soa(zone: &Name, serial: u32) -> Record {
+    let mname = Name::from_ascii("ns.dns")
+        .and_then(|n| n.append_domain(zone))
+        .unwrap_or_else(|_| zone.clone());
+    let rname = Name::from_ascii("hostmaster")
+        .and_then(|n| n.append_domain(zone))
+        .unwrap_or_else(|_| zone.clone());
+    Record::from_rdata(
+        zone.clone(),
+        TTL,
+        RData::SOA(SOA::new(mname, rname, serial, 7200, 1800, 86400, TTL)),
+    )
+}
+
+/// The reverse zones PTR questions are asked in.
+static REVERSE_ZONES: LazyLock<[Name; 2]> = LazyLock::new(|| {
+    ["in-addr.arpa.", "ip6.arpa."].map(|zone| Name::from_ascii(zone).expect("static name"))
+});
 
 fn fqdn(name: &str) -> Name {
     let mut name = Name::from_ascii(name).unwrap_or_else(|_| Name::root());
@@ -178,10 +185,8 @@ fn wants(qtype: RecordType, ip: IpAddr) -> bool {
 /// Answers one question from the index.
 pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution {
     let name = name.to_lowercase();
-    let in_addr = Name::from_ascii("in-addr.arpa.").expect("static name");
-    let ip6 = Name::from_ascii("ip6.arpa.").expect("static name");
     if !index.zone.zone_of(&name) {
-        if in_addr.zone_of(&name) || ip6.zone_of(&name) {
+        if REVERSE_ZONES.iter().any(|zone| zone.zone_of(&name)) {
             return reverse(index, &name, qtype);
         }
         return Resolution::refused();
@@ -190,7 +195,7 @@ pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution 
         code: ResponseCode::NoError,
         authoritative: true,
         answers: vec![],
-        soa: Some(index.soa()),
+        soa: Some(index.soa.clone()),
         additionals: vec![],
     };
     let nxdomain = || Resolution {
@@ -219,7 +224,7 @@ pub fn resolve(index: &ZoneIndex, name: &Name, qtype: RecordType) -> Resolution 
     match labels.as_slice() {
         [] => {
             if matches!(qtype, RecordType::SOA | RecordType::ANY) {
-                answer(vec![index.soa()], vec![])
+                answer(vec![index.soa.clone()], vec![])
             } else {
                 nodata()
             }

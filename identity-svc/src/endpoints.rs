@@ -62,26 +62,14 @@ impl EndpointReport {
         };
         let many = ports.len() > 1;
         let mut parsed = Vec::new();
-        for (i, (name, port, protocol)) in ports.iter().enumerate() {
-            let field = |f: &str| format!("ports[{i}].{f}");
-            if name.is_empty() {
-                if many {
-                    v.add(
-                        field("name"),
-                        "is required when there is more than one port",
-                    );
-                }
-            } else {
-                v.check(field("name"), validate::iana_svc_name(name));
-            }
-            v.check(field("port"), validate::port((*port).into()));
-            let protocol = Protocol::parse(protocol)
-                .map_err(|reason| v.add(field("protocol"), reason))
-                .ok();
-            if let (Some(protocol), Ok(())) = (protocol, validate::port((*port).into())) {
+        for (i, (name, number, protocol)) in ports.iter().enumerate() {
+            let field = format!("ports[{i}]");
+            if let Some((protocol, port)) =
+                validate::named_port(&mut v, &field, name, *number, protocol, many)
+            {
                 parsed.push(EndpointPort {
                     name: name.to_string(),
-                    port: *port as u16,
+                    port,
                     protocol,
                 });
             }

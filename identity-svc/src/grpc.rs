@@ -121,13 +121,8 @@ impl identities_server::Identities for IdentitiesApi {
         request: Request<v1::IssueIdentityRequest>,
     ) -> Result<Response<v1::Identity>, Status> {
         let request = request.into_inner();
-        let r = reference(request.r#ref.as_ref());
         let mut v = Violations::new();
-        if let Err(Error::InvalidArgument(violations)) = &r {
-            for violation in violations {
-                v.add(violation.field.clone(), violation.reason.clone());
-            }
-        }
+        let r = v.merge(reference(request.r#ref.as_ref()))?;
         v.check(
             "service_name",
             petset_core::validate::dns1123_label(&request.service_name),
@@ -143,7 +138,7 @@ impl identities_server::Identities for IdentitiesApi {
             );
         }
         v.into_result()?;
-        let r = r?;
+        let r = r.ok_or_else(|| Error::internal("an invalid reference left no violation"))?;
         let holder = self
             .issuer
             .issue(&r, &request.service_name, &request.holder, request.lease_id)

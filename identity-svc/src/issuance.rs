@@ -76,16 +76,20 @@ impl Issuer {
             .get::<HolderRecord>(&keys.holder(r))
             .await?
             .map(|v| v.value);
-        let last_incarnation = self
-            .store
-            .get::<u64>(&keys.incarnation(r))
-            .await?
-            .map(|v| v.value)
-            .unwrap_or(0);
+        let last_incarnation = self.last_incarnation(r).await?;
         Ok(IdentityState {
             holder,
             last_incarnation,
         })
+    }
+
+    /// The highest incarnation ever issued for `r`; 0 if never issued.
+    pub async fn last_incarnation(&self, r: &IdentityRef) -> Result<u64> {
+        let counter = self
+            .store
+            .get::<u64>(&Keys(&self.store).incarnation(r))
+            .await?;
+        Ok(counter.map(|v| v.value).unwrap_or(0))
     }
 
     /// Issues `r` to `holder` under `lease_id`; see the module's guarantees.
@@ -157,7 +161,7 @@ impl Issuer {
         let keys = Keys(&self.store);
         let holder_key = keys.holder(r);
         let Some(current) = self.store.get::<HolderRecord>(&holder_key).await? else {
-            let last = self.state(r).await?.last_incarnation;
+            let last = self.last_incarnation(r).await?;
             if incarnation > last {
                 return Err(Error::FailedPrecondition(format!(
                     "identity {r} was never issued with incarnation {incarnation} (last issued: {last})"

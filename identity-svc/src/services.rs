@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
 use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
-use petset_core::validate::{self, Protocol};
+use petset_core::validate;
 use petset_proto::v1;
 
 use crate::records::{Keys, ServicePort, ServiceRecord, ServiceSpec, TargetPort};
@@ -98,28 +98,16 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
     let mut ports = Vec::new();
     let many = spec.ports.len() > 1;
     for (i, port) in spec.ports.iter().enumerate() {
-        let field = |f: &str| format!("service.spec.ports[{i}].{f}");
-        if port.name.is_empty() {
-            if many {
-                v.add(
-                    field("name"),
-                    "is required when the service has more than one port",
-                );
-            }
-        } else {
-            v.check(field("name"), validate::iana_svc_name(&port.name));
-        }
-        let protocol = Protocol::parse(&port.protocol)
-            .map_err(|reason| v.add(field("protocol"), reason))
-            .ok();
-        v.check(field("port"), validate::port(port.port.into()));
+        let prefix = format!("service.spec.ports[{i}]");
+        let checked =
+            validate::named_port(&mut v, &prefix, &port.name, port.port, &port.protocol, many);
         let target_port = match port.target_port.as_str() {
-            "" => Some(TargetPort::Number(port.port.clamp(0, 65535) as u16)),
+            "" => checked.map(|(_, number)| TargetPort::Number(number)),
             text => match text.parse::<i64>() {
                 Ok(n) => match validate::port(n) {
                     Ok(()) => Some(TargetPort::Number(n as u16)),
                     Err(reason) => {
-                        v.add(field("target_port"), reason);
+                        v.add(format!("{prefix}.target_port"), reason);
                         None
                     }
                 },
@@ -127,7 +115,7 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
                     Ok(()) => Some(TargetPort::Name(text.to_string())),
                     Err(reason) => {
                         v.add(
-                            field("target_port"),
+                            format!("{prefix}.target_port"),
                             format!("must be a port number or a container port name: {reason}"),
                         );
                         None
@@ -135,13 +123,11 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
                 },
             },
         };
-        if let (Some(protocol), Some(target_port), Ok(())) =
-            (protocol, target_port, validate::port(port.port.into()))
-        {
+        if let (Some((protocol, number)), Some(target_port)) = (checked, target_port) {
             ports.push(ServicePort {
                 name: port.name.clone(),
                 protocol,
-                port: port.port as u16,
+                port: number,
                 target_port,
             });
         }
@@ -354,6 +340,7 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use petset_core::validate::Protocol;
 
     fn service(f: impl FnOnce(&mut v1::Service)) -> v1::Service {
         let mut s = v1::Service {

@@ -152,14 +152,7 @@ async fn release_frees_at_once_and_only_the_current_incarnation_may_release() {
 #[tokio::test]
 async fn srv_records_list_exactly_the_ready_pods_and_follow_changes() {
     let server = TestServer::start(testing::shared().store_config("dns")).await;
-    server
-        .services()
-        .await
-        .create_service(v1::CreateServiceRequest {
-            service: Some(kubia_service()),
-        })
-        .await
-        .unwrap();
+    create_kubia(&server).await;
     let lease = grant(&server, 60).await;
     for ordinal in 0..3 {
         let id = issue(&server, ordinal, &format!("pod-{ordinal}"), lease)
@@ -240,14 +233,7 @@ async fn srv_records_list_exactly_the_ready_pods_and_follow_changes() {
 #[tokio::test]
 async fn dns_is_authoritative_in_the_zone_and_refuses_outside_it() {
     let server = TestServer::start(testing::shared().store_config("dns-codes")).await;
-    server
-        .services()
-        .await
-        .create_service(v1::CreateServiceRequest {
-            service: Some(kubia_service()),
-        })
-        .await
-        .unwrap();
+    create_kubia(&server).await;
     let service_known = || async {
         let answer = server
             .ask("kubia.default.svc.cluster.local.", RecordType::A)
@@ -295,13 +281,7 @@ async fn two_replicas_serve_the_same_answers() {
     let store = testing::shared().store_config("replicas");
     let a = TestServer::start(store.clone()).await;
     let b = TestServer::start(store).await;
-    a.services()
-        .await
-        .create_service(v1::CreateServiceRequest {
-            service: Some(kubia_service()),
-        })
-        .await
-        .unwrap();
+    create_kubia(&a).await;
     let lease = grant(&a, 60).await;
     issue(&a, 0, "x", lease).await.unwrap();
     // The identity issued through a is held as far as b is concerned.
@@ -322,14 +302,7 @@ async fn two_replicas_serve_the_same_answers() {
 async fn a_restart_loses_nothing() {
     let store = testing::shared().store_config("restart");
     let first = TestServer::start(store.clone()).await;
-    first
-        .services()
-        .await
-        .create_service(v1::CreateServiceRequest {
-            service: Some(kubia_service()),
-        })
-        .await
-        .unwrap();
+    create_kubia(&first).await;
     let lease = grant(&first, 60).await;
     issue(&first, 0, "keeper", lease).await.unwrap();
     report(&first, 0, 1, "127.0.1.40", true).await.unwrap();
@@ -385,14 +358,7 @@ async fn a_restart_loses_nothing() {
 #[tokio::test]
 async fn peers_are_the_pods_the_service_selects_in_ordinal_order() {
     let server = TestServer::start(testing::shared().store_config("peers")).await;
-    server
-        .services()
-        .await
-        .create_service(v1::CreateServiceRequest {
-            service: Some(kubia_service()),
-        })
-        .await
-        .unwrap();
+    create_kubia(&server).await;
     let lease = grant(&server, 60).await;
     for ordinal in [2, 0, 1] {
         issue(&server, ordinal, "h", lease).await.unwrap();
@@ -472,14 +438,7 @@ fn fields(status: &tonic::Status) -> Vec<String> {
 #[tokio::test]
 async fn bad_input_is_refused_field_by_field_and_changes_nothing() {
     let server = TestServer::start(testing::shared().store_config("bad-input")).await;
-    server
-        .services()
-        .await
-        .create_service(v1::CreateServiceRequest {
-            service: Some(kubia_service()),
-        })
-        .await
-        .unwrap();
+    create_kubia(&server).await;
     let lease = grant(&server, 60).await;
     issue(&server, 0, "h", lease).await.unwrap();
     let before = all_keys(&server.store).await;

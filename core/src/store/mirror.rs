@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use tokio::sync::watch;
 
 use super::{Store, etcd_error};
@@ -153,14 +153,8 @@ async fn run(
 }
 
 async fn list(store: &Store, prefix: &str) -> Result<Snapshot> {
-    let response = store
-        .client()
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(etcd_error)?;
-    let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-    let entries = response
-        .kvs()
+    let (kvs, revision) = store.list_raw(prefix).await?;
+    let entries = kvs
         .iter()
         .map(|kv| (strip(prefix, kv.key()), Bytes::copy_from_slice(kv.value())))
         .collect();

@@ -143,19 +143,25 @@ impl Store {
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, Versioned<T>)>, i64)> {
-        let response = self
+        let (kvs, revision) = self.list_raw(prefix).await?;
+        let items = kvs
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((items, revision))
+    }
+
+    /// Reads every key under `prefix` undecoded, with the store revision
+    /// the read saw.
+    pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let mut response = self
             .client
             .clone()
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
             .map_err(etcd_error)?;
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        let items = response
-            .kvs()
-            .iter()
-            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((items, revision))
+        Ok((response.take_kvs(), revision))
     }
 
     /// Runs one transaction: every multi-key change goes through here.

@@ -189,6 +189,18 @@ pub fn kubia_service() -> v1::Service {
     }
 }
 
+/// Creates the seed's headless service `kubia`.
+pub async fn create_kubia(server: &TestServer) {
+    server
+        .services()
+        .await
+        .create_service(v1::CreateServiceRequest {
+            service: Some(kubia_service()),
+        })
+        .await
+        .unwrap();
+}
+
 pub fn kubia_ref(ordinal: i64) -> v1::IdentityRef {
     v1::IdentityRef {
         namespace: "default".into(),
