@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "petset/v1/identity.proto",
         "petset/v1/service.proto",
         "petset/v1/lease.proto",
+        "petset/v1/storage.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -5,6 +5,9 @@
 //! # Layout
 //! - [`error`]: the API error and its single mapping to `tonic::Status`.
 //! - [`validate`]: Kubernetes' naming and number rules.
+//! - [`quantity`]: Kubernetes quantities (`1Mi`, `250m`), exactly.
+//! - [`selector`]: node selectors (volume node affinity).
+//! - [`identity`]: the identity fence (holder, incarnation) every service checks.
 //! - [`store`]: typed etcd access, transactions, leases, watch-fed mirrors.
 //! - [`lease_service`]: `petset.v1.Leases`, etcd leases over gRPC.
 //! - [`serve`]: the gRPC host every service runs.
@@ -15,7 +18,10 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod lease_service;
+pub mod quantity;
+pub mod selector;
 pub mod serve;
 pub mod shutdown;
 pub mod store;

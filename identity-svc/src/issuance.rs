@@ -20,6 +20,7 @@
 use std::time::SystemTime;
 
 use petset_core::error::{Error, Result};
+use petset_core::identity::{self, check_current};
 use petset_core::store::{Compare, CompareOp, PutOptions, Store, Txn, TxnOp, Versioned, encode};
 use petset_core::validate;
 
@@ -197,24 +198,6 @@ impl Issuer {
         r: &IdentityRef,
         incarnation: u64,
     ) -> Result<Versioned<HolderRecord>> {
-        let keys = Keys(&self.store);
-        let Some(current) = self.store.get::<HolderRecord>(&keys.holder(r)).await? else {
-            return Err(Error::FailedPrecondition(format!(
-                "identity {r} is not held (released, or its holder's lease expired); incarnation {incarnation} \
-                 may no longer act for it: issue it again"
-            )));
-        };
-        check_current(r, &current.value, incarnation)?;
-        Ok(current)
+        identity::current_holder(&self.store, r, incarnation).await
     }
-}
-
-fn check_current(r: &IdentityRef, current: &HolderRecord, incarnation: u64) -> Result<()> {
-    if current.incarnation != incarnation {
-        return Err(Error::FailedPrecondition(format!(
-            "stale incarnation {incarnation} for identity {r}: the current one is {} held by {:?}",
-            current.incarnation, current.holder
-        )));
-    }
-    Ok(())
 }

@@ -2,84 +2,9 @@
 //! pod name, hostname, subdomain and FQDN. Nothing here touches etcd; the
 //! same inputs give the same identity on every replica of identity-svc.
 
-use petset_core::error::{Result, Violations};
-use petset_core::validate::{self, DNS1123_LABEL_MAX};
+use petset_core::validate;
 
-/// Highest ordinal: Kubernetes keeps ordinals in an `int32`.
-pub const MAX_ORDINAL: i64 = i32::MAX as i64;
-
-/// Names one identity: replica `ordinal` of `set_name` in `namespace`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdentityRef {
-    /// The namespace (never empty: empty becomes `default`).
-    pub namespace: String,
-    /// The StatefulSet's name.
-    pub set_name: String,
-    /// The replica number.
-    pub ordinal: u32,
-}
-
-impl IdentityRef {
-    /// Checks a reference from the API; every broken rule is named under
-    /// `field` (e.g. `ref.ordinal`).
-    pub fn parse(
-        field: &str,
-        namespace: &str,
-        set_name: &str,
-        ordinal: i64,
-    ) -> Result<IdentityRef> {
-        let namespace = validate::namespace_or_default(namespace);
-        let mut violations = Violations::new();
-        violations.check(
-            format!("{field}.namespace"),
-            validate::dns1123_label(&namespace),
-        );
-        violations.check(
-            format!("{field}.set_name"),
-            validate::dns1123_label(set_name),
-        );
-        if !(0..=MAX_ORDINAL).contains(&ordinal) {
-            violations.add(
-                format!("{field}.ordinal"),
-                format!("must be between 0 and {MAX_ORDINAL}, got {ordinal}"),
-            );
-        } else {
-            let pod = pod_name(set_name, ordinal as u32);
-            if validate::dns1123_label(set_name).is_ok() && pod.len() > DNS1123_LABEL_MAX {
-                violations.add(
-                    format!("{field}.set_name"),
-                    format!(
-                        "the pod name {pod:?} (set name, '-', ordinal) must be no more than {DNS1123_LABEL_MAX} \
-                         characters to be a hostname; shorten the set name to at most {} characters",
-                        DNS1123_LABEL_MAX - 1 - ordinal.to_string().len()
-                    ),
-                );
-            }
-        }
-        violations.into_result()?;
-        Ok(IdentityRef {
-            namespace,
-            set_name: set_name.to_string(),
-            ordinal: ordinal as u32,
-        })
-    }
-
-    /// `<set>-<ordinal>`.
-    pub fn pod_name(&self) -> String {
-        pod_name(&self.set_name, self.ordinal)
-    }
-}
-
-impl std::fmt::Display for IdentityRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.pod_name())
-    }
-}
-
-/// `<set>-<ordinal>`: the pod name, and its hostname.
-pub fn pod_name(set_name: &str, ordinal: u32) -> String {
-    format!("{set_name}-{ordinal}")
-}
+pub use petset_core::identity::{IdentityRef, MAX_ORDINAL, pod_name};
 
 /// The DNS zone petset answers for, e.g. `cluster.local`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,23 +77,6 @@ mod tests {
         assert_eq!(id.hostname, "kubia-0");
         assert_eq!(id.subdomain, "kubia");
         assert_eq!(id.fqdn, "kubia-0.kubia.default.svc.cluster.local");
-    }
-
-    #[test]
-    fn bad_references_name_each_field() {
-        let err = IdentityRef::parse("ref", "Bad_NS", "web", -1).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("ref.namespace"), "{text}");
-        assert!(text.contains("ref.ordinal: must be between 0"), "{text}");
-        let long = "a".repeat(62);
-        let err = IdentityRef::parse("ref", "default", &long, 10)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("ref.set_name") && err.contains("no more than 63"),
-            "{err}"
-        );
-        assert!(IdentityRef::parse("ref", "default", &"a".repeat(61), 9).is_ok());
     }
 
     proptest! {

@@ -10,15 +10,16 @@
 //! - `endpoints/<ns>/<set>/<ordinal>`: the [`EndpointRecord`] the holder
 //!   reported, attached to the same lease.
 
+use petset_core::store::Store;
+use petset_core::validate::Protocol;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use petset_core::store::Store;
-use petset_core::validate::Protocol;
-use serde::{Deserialize, Serialize};
-
 use crate::names::IdentityRef;
+
+pub use petset_core::identity::HolderRecord;
 
 /// A headless service, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,21 +87,6 @@ impl std::fmt::Display for TargetPort {
     }
 }
 
-/// Who holds an identity now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HolderRecord {
-    /// The holder's own name.
-    pub holder: String,
-    /// The lease the issue is tied to.
-    pub lease_id: i64,
-    /// The fencing token of this issue.
-    pub incarnation: u64,
-    /// The governing service (the pod's subdomain).
-    pub service: String,
-    /// When it was issued.
-    pub issued_at: SystemTime,
-}
-
 /// Where one pod runs, as its holder reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
@@ -162,24 +148,12 @@ impl Keys<'_> {
 
     /// `identities/<ns>/<set>/<ordinal>/holder`.
     pub fn holder(&self, r: &IdentityRef) -> String {
-        self.0.key(&[
-            "identities",
-            &r.namespace,
-            &r.set_name,
-            &r.ordinal.to_string(),
-            "holder",
-        ])
+        r.holder_key(self.0)
     }
 
     /// `identities/<ns>/<set>/<ordinal>/incarnation`.
     pub fn incarnation(&self, r: &IdentityRef) -> String {
-        self.0.key(&[
-            "identities",
-            &r.namespace,
-            &r.set_name,
-            &r.ordinal.to_string(),
-            "incarnation",
-        ])
+        r.incarnation_key(self.0)
     }
 
     /// `endpoints/<ns>/<set>/<ordinal>`.
