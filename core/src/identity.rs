@@ -44,26 +44,27 @@ impl IdentityRef {
         set_name: &str,
         ordinal: i64,
     ) -> Result<IdentityRef> {
+        let at = |leaf: &str| {
+            if field.is_empty() {
+                leaf.to_string()
+            } else {
+                format!("{field}.{leaf}")
+            }
+        };
         let namespace = validate::namespace_or_default(namespace);
         let mut violations = Violations::new();
-        violations.check(
-            format!("{field}.namespace"),
-            validate::dns1123_label(&namespace),
-        );
-        violations.check(
-            format!("{field}.set_name"),
-            validate::dns1123_label(set_name),
-        );
+        violations.check(at("namespace"), validate::dns1123_label(&namespace));
+        violations.check(at("set_name"), validate::dns1123_label(set_name));
         if !(0..=MAX_ORDINAL).contains(&ordinal) {
             violations.add(
-                format!("{field}.ordinal"),
+                at("ordinal"),
                 format!("must be between 0 and {MAX_ORDINAL}, got {ordinal}"),
             );
         } else {
             let pod = pod_name(set_name, ordinal as u32);
             if validate::dns1123_label(set_name).is_ok() && pod.len() > DNS1123_LABEL_MAX {
                 violations.add(
-                    format!("{field}.set_name"),
+                    at("set_name"),
                     format!(
                         "the pod name {pod:?} (set name, '-', ordinal) must be no more than {DNS1123_LABEL_MAX} \
                          characters to be a hostname; shorten the set name to at most {} characters",

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`error`]: the API error and its single mapping to `tonic::Status`.
 //! - [`validate`]: Kubernetes' naming and number rules.
+//! - [`meta`]: object metadata (uid, generation, resourceVersion).
 //! - [`quantity`]: Kubernetes quantities (`1Mi`, `250m`), exactly.
 //! - [`selector`]: node selectors (volume node affinity).
 //! - [`identity`]: the identity fence (holder, incarnation) every service checks.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod lease_service;
+pub mod meta;
 pub mod quantity;
 pub mod selector;
 pub mod serve;

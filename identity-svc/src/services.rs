@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
 use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
-use petset_core::validate;
+use petset_core::{meta, validate};
 use petset_proto::v1;
 
 use crate::records::{Keys, ServicePort, ServiceRecord, ServiceSpec, TargetPort};
@@ -66,19 +66,11 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
     );
     let labels: BTreeMap<_, _> = meta.labels.into_iter().collect();
     v.check("service.metadata.labels", validate::labels(&labels));
-    let resource_version = match meta.resource_version.as_str() {
-        "" => None,
-        rv => match rv.parse::<i64>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                v.add(
-                    "service.metadata.resource_version",
-                    format!("must be a version read from the server, got {rv:?}"),
-                );
-                None
-            }
-        },
-    };
+    let resource_version = meta::parse_resource_version(
+        "service.metadata.resource_version",
+        &meta.resource_version,
+        &mut v,
+    );
     match spec.cluster_ip.as_str() {
         "" | "None" => {}
         other => v.add(

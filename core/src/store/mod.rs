@@ -164,6 +164,45 @@ impl Store {
         Ok((response.take_kvs(), revision))
     }
 
+    /// Writes `value` at `key` only if nobody wrote the key since `over`
+    /// was read (`None`: only if the key does not exist). Answers the
+    /// value as written, or `None` when another writer came first.
+    pub async fn put_over<T: Serialize, U>(
+        &self,
+        key: &str,
+        value: T,
+        over: Option<&Versioned<U>>,
+    ) -> Result<Option<Versioned<T>>> {
+        let expected = over.map(|o| o.mod_revision).unwrap_or(0);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, encode(&value)?, None)]);
+        let response = self.txn(txn).await?;
+        if !response.succeeded() {
+            return Ok(None);
+        }
+        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(Some(Versioned {
+            value,
+            mod_revision: revision,
+            create_revision: over.map(|o| o.create_revision).unwrap_or(revision),
+            lease: 0,
+        }))
+    }
+
+    /// Deletes `key` only if nobody wrote it since `over` was read. Answers
+    /// whether it was deleted.
+    pub async fn delete_over<U>(&self, key: &str, over: &Versioned<U>) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                over.mod_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     /// Runs one transaction: every multi-key change goes through here.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         self.client.clone().txn(txn).await.map_err(etcd_error)

@@ -1,0 +1,393 @@
+//! Persistent volumes a person declares (static volumes, like the seed's
+//! `pv-a`..`pv-c`), and the volumes petset provisions.
+//!
+//! # Guarantees
+//! - A volume's source never changes once created, and a bound volume keeps
+//!   its binding whatever an apply says: only the binder and the reclaimer
+//!   move a volume between phases.
+//! - A bound volume is not deleted (its claim must go first).
+
+use std::time::SystemTime;
+
+use petset_core::error::{Error, Result, Violations};
+use petset_core::meta::{MetaInput, Scope};
+use petset_core::quantity;
+use petset_core::selector::NodeSelector;
+use petset_core::store::{Store, Versioned};
+use petset_core::validate;
+use petset_proto::v1;
+
+use crate::provisioner::Roots;
+use crate::records::{
+    AccessMode, ClaimRef, Keys, ReclaimPolicy, VolumePhase, VolumeRecord, VolumeSource,
+};
+
+/// Parses a list of access modes under `field`; at least one is needed.
+pub fn parse_access_modes(field: &str, modes: &[String], v: &mut Violations) -> Vec<AccessMode> {
+    if modes.is_empty() {
+        v.add(
+            field,
+            "at least one access mode is required (e.g. ReadWriteOnce)",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        match AccessMode::ALL.iter().find(|m| m.as_str() == mode) {
+            Some(m) if !out.contains(m) => out.push(*m),
+            Some(_) => {}
+            None => v.add(
+                format!("{field}[{i}]"),
+                format!(
+                    "must be ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod, got {mode:?}"
+                ),
+            ),
+        }
+    }
+    if out.contains(&AccessMode::ReadWriteOncePod) && out.len() > 1 {
+        v.add(
+            field,
+            "ReadWriteOncePod cannot be combined with other access modes",
+        );
+    }
+    out
+}
+
+/// Parses `{storage: <quantity>}` under `field`.
+pub fn parse_storage(
+    field: &str,
+    resources: &std::collections::HashMap<String, String>,
+    v: &mut Violations,
+) -> u64 {
+    for key in resources.keys().filter(|k| *k != "storage") {
+        v.add(
+            format!("{field}.{key}"),
+            "only `storage` is understood for volumes",
+        );
+    }
+    match resources.get("storage") {
+        None => {
+            v.add(
+                format!("{field}.storage"),
+                "is required: how many bytes, as a quantity (1Mi, 10Gi)",
+            );
+            0
+        }
+        Some(text) => match quantity::parse_bytes(text) {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                v.add(format!("{field}.storage"), reason);
+                0
+            }
+        },
+    }
+}
+
+/// Parses the volume mode: only `Filesystem`.
+pub fn parse_volume_mode(field: &str, mode: &str, v: &mut Violations) {
+    match mode {
+        "" | "Filesystem" => {}
+        "Block" => v.add(
+            field,
+            "Block volumes are not supported: petset volumes are directories",
+        ),
+        other => v.add(field, format!("must be Filesystem, got {other:?}")),
+    }
+}
+
+/// A checked volume from the API.
+#[derive(Debug, Clone)]
+pub struct VolumeInput {
+    /// Metadata.
+    pub meta: MetaInput,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Access modes.
+    pub access_modes: Vec<AccessMode>,
+    /// Reclaim policy.
+    pub reclaim_policy: ReclaimPolicy,
+    /// Class name; empty for none.
+    pub class: String,
+    /// Node affinity.
+    pub node_affinity: Option<NodeSelector>,
+    /// Source.
+    pub source: VolumeSource,
+    /// Pre-binding.
+    pub claim_ref: Option<ClaimRef>,
+}
+
+/// Checks a volume from the API; every broken rule is named.
+pub fn parse(volume: Option<&v1::PersistentVolume>, roots: &Roots) -> Result<VolumeInput> {
+    let Some(volume) = volume else {
+        return Err(Error::invalid("volume", "is required"));
+    };
+    let spec = volume.spec.clone().unwrap_or_default();
+    let mut v = Violations::new();
+    let meta = MetaInput::parse(
+        "volume.metadata",
+        volume.metadata.as_ref(),
+        Scope::Cluster,
+        validate::dns1123_subdomain,
+        &mut v,
+    );
+    let capacity = parse_storage("volume.spec.capacity", &spec.capacity, &mut v);
+    let access_modes = parse_access_modes("volume.spec.access_modes", &spec.access_modes, &mut v);
+    let reclaim_policy = match spec.persistent_volume_reclaim_policy.as_str() {
+        "" | "Retain" => ReclaimPolicy::Retain,
+        "Delete" => ReclaimPolicy::Delete,
+        "Recycle" => ReclaimPolicy::Recycle,
+        other => {
+            v.add(
+                "volume.spec.persistent_volume_reclaim_policy",
+                format!("must be Retain, Delete or Recycle, got {other:?}"),
+            );
+            ReclaimPolicy::Retain
+        }
+    };
+    if !spec.storage_class_name.is_empty() {
+        v.check(
+            "volume.spec.storage_class_name",
+            validate::dns1123_subdomain(&spec.storage_class_name),
+        );
+    }
+    parse_volume_mode("volume.spec.volume_mode", &spec.volume_mode, &mut v);
+    let node_affinity = spec
+        .node_affinity
+        .as_ref()
+        .and_then(|a| a.required.as_ref())
+        .map(|required| {
+            NodeSelector::parse(
+                "volume.spec.node_affinity.required",
+                required.node_selector_terms.iter().map(|t| {
+                    t.match_expressions
+                        .iter()
+                        .map(|r| (r.key.as_str(), r.operator.as_str(), r.values.clone()))
+                        .collect()
+                }),
+                &mut v,
+            )
+        });
+    let source = match &spec.source {
+        None => {
+            v.add(
+                "volume.spec.source",
+                "a volume source is required: hostPath or local",
+            );
+            None
+        }
+        Some(v1::persistent_volume_spec::Source::HostPath(h)) => {
+            v.check("volume.spec.host_path.path", roots.check_host_path(&h.path));
+            let create = match h.r#type.as_str() {
+                "" | "DirectoryOrCreate" => true,
+                "Directory" => false,
+                other => {
+                    v.add(
+                        "volume.spec.host_path.type",
+                        format!(
+                            "must be \"\", Directory or DirectoryOrCreate for a volume, got {other:?}"
+                        ),
+                    );
+                    false
+                }
+            };
+            Some(VolumeSource::HostPath {
+                path: h.path.clone(),
+                create,
+            })
+        }
+        Some(v1::persistent_volume_spec::Source::Local(l)) => {
+            v.check("volume.spec.local.path", roots.check_host_path(&l.path));
+            if node_affinity.is_none() {
+                v.add(
+                    "volume.spec.node_affinity",
+                    "a local volume must say which node it is on (nodeAffinity.required)",
+                );
+            }
+            Some(VolumeSource::Local {
+                path: l.path.clone(),
+            })
+        }
+    };
+    let claim_ref = spec.claim_ref.as_ref().map(|r| {
+        let ns = validate::namespace_or_default(&r.namespace);
+        v.check(
+            "volume.spec.claim_ref.namespace",
+            validate::dns1123_label(&ns),
+        );
+        v.check(
+            "volume.spec.claim_ref.name",
+            validate::dns1123_subdomain(&r.name),
+        );
+        ClaimRef {
+            namespace: ns,
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+        }
+    });
+    v.into_result()?;
+    Ok(VolumeInput {
+        meta,
+        capacity,
+        access_modes,
+        reclaim_policy,
+        class: spec.storage_class_name,
+        node_affinity,
+        source: source.expect("checked above"),
+        claim_ref,
+    })
+}
+
+/// The stored volumes.
+#[derive(Debug, Clone)]
+pub struct Volumes {
+    store: Store,
+}
+
+impl Volumes {
+    /// Volumes kept in `store`.
+    pub fn new(store: Store) -> Self {
+        Volumes { store }
+    }
+
+    /// Reads one volume.
+    pub async fn get(&self, name: &str) -> Result<Versioned<VolumeRecord>> {
+        self.store
+            .get::<VolumeRecord>(&Keys(&self.store).volume(name))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "volume",
+                name: name.into(),
+            })
+    }
+
+    /// Every volume, by name.
+    pub async fn list(&self) -> Result<Vec<Versioned<VolumeRecord>>> {
+        let (items, _) = self
+            .store
+            .list::<VolumeRecord>(&Keys(&self.store).volumes())
+            .await?;
+        Ok(items.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Creates or updates a static volume.
+    pub async fn apply(&self, input: VolumeInput) -> Result<Versioned<VolumeRecord>> {
+        let key = Keys(&self.store).volume(&input.meta.name);
+        let existing = self.store.get::<VolumeRecord>(&key).await?;
+        let record = match &existing {
+            None => VolumeRecord {
+                meta: input.meta.create(),
+                capacity: input.capacity,
+                access_modes: input.access_modes,
+                reclaim_policy: input.reclaim_policy,
+                class: input.class,
+                node_affinity: input.node_affinity,
+                source: input.source,
+                claim_ref: input.claim_ref,
+                phase: VolumePhase::Available,
+                message: String::new(),
+                phase_since: SystemTime::now(),
+            },
+            Some(current) => {
+                input.meta.check_version("volume", current.mod_revision)?;
+                let c = &current.value;
+                let mut v = Violations::new();
+                if c.source != input.source {
+                    v.add(
+                        "volume.spec.source",
+                        "field is immutable once the volume exists",
+                    );
+                }
+                if c.phase == VolumePhase::Bound {
+                    if c.class != input.class {
+                        v.add(
+                            "volume.spec.storage_class_name",
+                            "cannot change while the volume is bound",
+                        );
+                    }
+                    if input
+                        .claim_ref
+                        .as_ref()
+                        .is_some_and(|r| Some(r) != c.claim_ref.as_ref())
+                    {
+                        v.add(
+                            "volume.spec.claim_ref",
+                            "cannot change while the volume is bound",
+                        );
+                    }
+                }
+                v.into_result()?;
+                let mut record = c.clone();
+                record.meta.labels = input.meta.labels.clone();
+                record.meta.annotations = input.meta.annotations.clone();
+                if (
+                    record.capacity,
+                    &record.access_modes,
+                    record.reclaim_policy,
+                    &record.class,
+                    &record.node_affinity,
+                ) != (
+                    input.capacity,
+                    &input.access_modes,
+                    input.reclaim_policy,
+                    &input.class,
+                    &input.node_affinity,
+                ) {
+                    record.meta.generation += 1;
+                }
+                record.capacity = input.capacity;
+                record.access_modes = input.access_modes;
+                record.reclaim_policy = input.reclaim_policy;
+                record.class = input.class;
+                record.node_affinity = input.node_affinity;
+                if record.phase != VolumePhase::Bound {
+                    record.claim_ref = input.claim_ref;
+                }
+                record
+            }
+        };
+        if let Some(current) = &existing
+            && current.value == record
+        {
+            return Ok(current.clone());
+        }
+        let written = self
+            .store
+            .put_over(&key, record, existing.as_ref())
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "volume {} changed while being applied; apply again",
+                    input.meta.name
+                ))
+            })?;
+        tracing::info!(volume = %written.value.meta.name, "volume applied");
+        Ok(written)
+    }
+
+    /// Deletes a volume that is not bound. Its directory stays: deleting
+    /// the object is not a reclaim.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let current = self.get(name).await?;
+        if current.value.phase == VolumePhase::Bound {
+            let claim = current
+                .value
+                .claim_ref
+                .as_ref()
+                .map(|r| format!("{}/{}", r.namespace, r.name));
+            return Err(Error::FailedPrecondition(format!(
+                "volume {name} is bound to claim {}; delete the claim first",
+                claim.unwrap_or_default()
+            )));
+        }
+        if !self
+            .store
+            .delete_over(&Keys(&self.store).volume(name), &current)
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "volume {name} changed while being deleted; retry"
+            )));
+        }
+        tracing::info!(volume = name, "volume deleted");
+        Ok(())
+    }
+}
