@@ -246,6 +246,31 @@ fn healthy(port: u16) -> bool {
     body.contains("\"health\":\"true\"")
 }
 
+/// Every key and value under `store`'s root, to show that a refused request
+/// changed nothing.
+pub async fn all_keys(store: &StoreConfig) -> Vec<(String, Vec<u8>)> {
+    let mut client = etcd_client::Client::connect(&store.endpoints, None)
+        .await
+        .expect("etcd answers");
+    let response = client
+        .get(
+            store.root.clone(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("etcd answers");
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
+        .collect()
+}
+
 /// Polls `check` every 20 ms until it answers `Some`, or panics after
 /// `timeout` naming `what` was awaited. Tests wait on conditions, never on
 /// the clock.

@@ -129,8 +129,13 @@ impl Roots {
         let io_error = |what: &str, e: io::Error| {
             Error::unavailable(format!("cannot {what} {}", parent.display()), e)
         };
-        std::fs::create_dir_all(parent).map_err(|e| io_error("create", e))?;
-        let free = free_bytes(parent).map_err(|e| io_error("measure free space of", e))?;
+        // Measured on the nearest directory that exists, so that a refusal
+        // leaves no directory behind.
+        let existing = parent
+            .ancestors()
+            .find(|p| p.is_dir())
+            .unwrap_or(Path::new("/"));
+        let free = free_bytes(existing).map_err(|e| io_error("measure free space of", e))?;
         if bytes > free {
             return Err(Error::InsufficientCapacity(format!(
                 "storage class {class:?} cannot provision {} ({bytes} bytes){}: only {} is free under {}",
@@ -140,6 +145,7 @@ impl Roots {
                 parent.display()
             )));
         }
+        std::fs::create_dir_all(parent).map_err(|e| io_error("create", e))?;
         std::fs::create_dir(&path).map_err(|e| io_error("create a volume directory in", e))?;
         Ok(source)
     }

@@ -291,26 +291,4 @@ pub async fn srv(resolver: &TokioResolver) -> Vec<(String, u16)> {
     }
 }
 
-/// Every key under a root, for checking that refused requests wrote nothing.
-pub async fn all_keys(store: &StoreConfig) -> Vec<(String, Vec<u8>)> {
-    let mut client = etcd_client::Client::connect(&store.endpoints, None)
-        .await
-        .unwrap();
-    let response = client
-        .get(
-            store.root.clone(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    response
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-            )
-        })
-        .collect()
-}
+pub use petset_core::testing::all_keys;
