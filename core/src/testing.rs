@@ -290,3 +290,63 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Timing for the benchmarks under `benches/`: percentiles of sequential
+/// calls, reported as a ratio to a baseline measured in the same run.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    /// The samples of one operation.
+    #[derive(Debug)]
+    pub struct Stats {
+        /// What was measured.
+        pub name: &'static str,
+        /// One duration per call.
+        pub samples: Vec<Duration>,
+    }
+
+    impl Stats {
+        /// The `p` quantile (0.5 for the median).
+        pub fn percentile(&self, p: f64) -> Duration {
+            let mut sorted = self.samples.clone();
+            sorted.sort();
+            sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+        }
+    }
+
+    /// Times `rounds` sequential calls of `f(i)`, after `rounds / 10`
+    /// warm-up calls (given indices from `usize::MAX` down).
+    pub async fn time<F, Fut>(name: &'static str, rounds: usize, mut f: F) -> Stats
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        for i in 0..rounds / 10 {
+            f(usize::MAX - i).await;
+        }
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let start = Instant::now();
+            f(i).await;
+            samples.push(start.elapsed());
+        }
+        Stats { name, samples }
+    }
+
+    /// Prints p50 and p99 and the ratio of the p50 to the baseline's.
+    pub fn report(stats: &Stats, baseline: &Stats) {
+        let (p50, p99, b50) = (
+            stats.percentile(0.5),
+            stats.percentile(0.99),
+            baseline.percentile(0.5),
+        );
+        println!(
+            "{:<40} p50 {:>9.1?} p99 {:>9.1?}  = {:>5.2}x {} (p50)",
+            stats.name,
+            p50,
+            p99,
+            p50.as_secs_f64() / b50.as_secs_f64(),
+            baseline.name
+        );
+    }
+}

@@ -1,5 +1,5 @@
 //! The README's first command, run as a user would: `scripts/up` brings up
-//! etcd and identity-svc and runs the example; grpcurl and dig then see what
+//! etcd, identity-svc and storage-svc and runs the example; grpcurl and dig then see what
 //! the README says they will; stopping it leaves nothing running.
 
 use std::path::Path;
@@ -30,14 +30,15 @@ fn alive(pid: &str) -> bool {
 }
 
 #[test]
-fn scripts_up_serves_identities_and_dns_then_stops_cleanly() {
+fn scripts_up_serves_identities_dns_and_storage_then_stops_cleanly() {
     let stack = tempfile::tempdir().unwrap();
-    let (etcd, identity, dns) = (free_port(), free_port(), free_port());
+    let (etcd, identity, dns, storage) = (free_port(), free_port(), free_port(), free_port());
     let mut up = Command::new(repo_root().join("scripts/up"))
         .env("PETSET_STACK_DIR", stack.path())
         .env("PETSET_ETCD_PORT", etcd.to_string())
         .env("PETSET_IDENTITY_PORT", identity.to_string())
         .env("PETSET_DNS_PORT", dns.to_string())
+        .env("PETSET_STORAGE_PORT", storage.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -63,6 +64,47 @@ fn scripts_up_serves_identities_and_dns_then_stops_cleanly() {
             "{service} missing from:\n{listed}"
         );
     }
+
+    // grpcurl lists the storage service; the example's claims are bound to
+    // the seed's volumes and attached.
+    let storage_addr = format!("127.0.0.1:{storage}");
+    let listed = run("grpcurl", &["-plaintext", &storage_addr, "list"]);
+    assert!(
+        listed.lines().any(|l| l == "petset.v1.Storage"),
+        "petset.v1.Storage missing from:\n{listed}"
+    );
+    let claims = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"namespace": "default"}"#,
+            &storage_addr,
+            "petset.v1.Storage/ListClaims",
+        ],
+    );
+    for (claim, volume) in [("data-kubia-0", "pv-a"), ("data-kubia-1", "pv-b")] {
+        assert!(
+            claims.contains(&format!(r#""name": "{claim}""#)),
+            "{claims}"
+        );
+        assert!(
+            claims.contains(&format!(r#""volumeName": "{volume}""#)),
+            "{claims}"
+        );
+    }
+    let attached = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            &storage_addr,
+            "petset.v1.Storage/ListAttachments",
+        ],
+    );
+    assert!(
+        attached.contains(&format!("{}/storage/static/pv-a", stack.path().display())),
+        "{attached}"
+    );
 
     // An identity can be issued with grpcurl.
     let lease = run(

@@ -18,56 +18,11 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use identity_svc::{Listeners, Server};
 use petset_core::shutdown::CancellationToken;
+use petset_core::testing::bench::{Stats, report, time};
 use petset_proto::v1;
 use tokio::net::UdpSocket;
 
 const ROUNDS: usize = 400;
-
-struct Stats {
-    name: &'static str,
-    samples: Vec<Duration>,
-}
-
-impl Stats {
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.samples.clone();
-        sorted.sort();
-        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-    }
-}
-
-async fn time<F, Fut>(name: &'static str, rounds: usize, mut f: F) -> Stats
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for i in 0..rounds / 10 {
-        f(usize::MAX - i).await; // warm-up
-    }
-    let mut samples = Vec::with_capacity(rounds);
-    for i in 0..rounds {
-        let start = Instant::now();
-        f(i).await;
-        samples.push(start.elapsed());
-    }
-    Stats { name, samples }
-}
-
-fn report(stats: &Stats, baseline: &Stats) {
-    let (p50, p99, b50) = (
-        stats.percentile(0.5),
-        stats.percentile(0.99),
-        baseline.percentile(0.5),
-    );
-    println!(
-        "{:<34} p50 {:>9.1?} p99 {:>9.1?}  = {:>5.2}x {} (p50)",
-        stats.name,
-        p50,
-        p99,
-        p50.as_secs_f64() / b50.as_secs_f64(),
-        baseline.name
-    );
-}
 
 #[tokio::main]
 async fn main() {
