@@ -16,6 +16,7 @@ use petset_core::selector::NodeSelector;
 use petset_core::store::{Store, Versioned};
 use petset_core::validate;
 use petset_proto::v1;
+use petset_proto::v1::persistent_volume_spec::Source;
 
 use crate::provisioner::Roots;
 use crate::records::{
@@ -194,6 +195,30 @@ pub fn parse(volume: Option<&v1::PersistentVolume>, roots: &Roots) -> Result<Vol
                 create,
             })
         }
+        Some(
+            unsupported @ (Source::GcePersistentDisk(_)
+            | Source::AwsElasticBlockStore(_)
+            | Source::AzureDisk(_)
+            | Source::AzureFile(_)
+            | Source::Nfs(_)
+            | Source::Iscsi(_)
+            | Source::Csi(_)
+            | Source::Cephfs(_)
+            | Source::Rbd(_)
+            | Source::Fc(_)
+            | Source::Cinder(_)
+            | Source::Glusterfs(_)),
+        ) => {
+            let (field, kind) = unsupported_source(unsupported);
+            v.add(
+                format!("volume.spec.{field}"),
+                format!(
+                    "{kind} volumes are not supported: petset volumes are directories on its nodes; \
+                     use hostPath or local (or a storage class) instead"
+                ),
+            );
+            None
+        }
         Some(v1::persistent_volume_spec::Source::Local(l)) => {
             v.check("volume.spec.local.path", roots.check_host_path(&l.path));
             if node_affinity.is_none() {
@@ -234,6 +259,25 @@ pub fn parse(volume: Option<&v1::PersistentVolume>, roots: &Roots) -> Result<Vol
         source: source.expect("checked above"),
         claim_ref,
     })
+}
+
+/// The field and Kubernetes name of a source petset cannot provide.
+fn unsupported_source(source: &Source) -> (&'static str, &'static str) {
+    match source {
+        Source::GcePersistentDisk(_) => ("gce_persistent_disk", "gcePersistentDisk"),
+        Source::AwsElasticBlockStore(_) => ("aws_elastic_block_store", "awsElasticBlockStore"),
+        Source::AzureDisk(_) => ("azure_disk", "azureDisk"),
+        Source::AzureFile(_) => ("azure_file", "azureFile"),
+        Source::Nfs(_) => ("nfs", "nfs"),
+        Source::Iscsi(_) => ("iscsi", "iscsi"),
+        Source::Csi(_) => ("csi", "csi"),
+        Source::Cephfs(_) => ("cephfs", "cephfs"),
+        Source::Rbd(_) => ("rbd", "rbd"),
+        Source::Fc(_) => ("fc", "fc"),
+        Source::Cinder(_) => ("cinder", "cinder"),
+        Source::Glusterfs(_) => ("glusterfs", "glusterfs"),
+        Source::HostPath(_) | Source::Local(_) => ("source", "this"),
+    }
 }
 
 /// The stored volumes.
