@@ -164,6 +164,11 @@ impl Violations {
         }
     }
 
+    /// Whether nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// `Ok` when nothing was recorded, otherwise [`Error::InvalidArgument`].
     pub fn into_result(self) -> Result<()> {
         if self.0.is_empty() {

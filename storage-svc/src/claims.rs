@@ -64,7 +64,8 @@ pub struct ClaimSpec {
     pub selector: BTreeMap<String, String>,
 }
 
-fn parse_spec(
+/// Checks a claim spec (of a claim or a template) under `field`.
+pub fn parse_spec(
     field: &str,
     spec: Option<&v1::PersistentVolumeClaimSpec>,
     v: &mut Violations,

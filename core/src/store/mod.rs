@@ -26,7 +26,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, Result};
 
-pub use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+pub use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
 
 /// How to reach etcd and where petset's keys live in it.
 #[derive(Debug, Clone)]

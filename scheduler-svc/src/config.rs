@@ -1,0 +1,45 @@
+//! scheduler-svc's settings: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+
+use petset_core::config::{EtcdArgs, TelemetryArgs};
+
+/// scheduler-svc: the StatefulSet API and controller.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "scheduler-svc", version, about)]
+pub struct Config {
+    /// Address of the gRPC API (and `GET /metrics`): what petctl talks to.
+    #[arg(
+        long,
+        env = "PETSET_SCHEDULER_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub grpc_addr: SocketAddr,
+    /// identity-svc's gRPC address.
+    #[arg(
+        long,
+        env = "PETSET_IDENTITY_ADDR",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub identity_addr: String,
+    /// storage-svc's gRPC address.
+    #[arg(
+        long,
+        env = "PETSET_STORAGE_ADDR",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub storage_addr: String,
+    /// TTL of the leader's lease, in seconds: how long the others wait
+    /// before taking over from a leader that died.
+    #[arg(long, env = "PETSET_LEADER_TTL", default_value_t = 5)]
+    pub leader_ttl: i64,
+    /// This replica's name in leader election (default: host and port).
+    #[arg(long, env = "PETSET_SCHEDULER_ID")]
+    pub id: Option<String>,
+    /// etcd settings.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}

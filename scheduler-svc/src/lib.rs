@@ -1,0 +1,125 @@
+//! scheduler-svc holds the StatefulSet API and runs its controller: sets
+//! are reconciled by the leading replica, one pod at a time, each pod with
+//! its identity (identity-svc) and its claims (storage-svc), placed on a
+//! Ready node. Node agents register here and receive their pods.
+//!
+//! # Layout
+//! - [`records`]: what is stored in etcd, and the key layout.
+//! - [`sets`]: StatefulSets, validated, defaulted and stored.
+//! - [`revisions`]: template revisions (ControllerRevisions).
+//! - [`planner`]: the controller's decision (pure).
+//! - [`placement`]: choosing a node (pure).
+//! - [`world`]: one consistent read of everything the controller decides on.
+//! - [`controller`]: carries the plan out.
+//! - [`leader`]: leader election and the term every controller write checks.
+//! - [`nodes`], [`pods`]: nodes and pods as agents and people see them.
+//! - [`grpc`]: the tonic services.
+//! - [`config`], [`error`]: settings and start-up failures.
+
+pub mod config;
+pub mod controller;
+pub mod error;
+pub mod grpc;
+pub mod leader;
+pub mod nodes;
+pub mod placement;
+pub mod planner;
+pub mod pods;
+pub mod records;
+pub mod revisions;
+pub mod sets;
+pub mod world;
+
+use petset_core::serve::ServiceHost;
+use petset_core::shutdown::CancellationToken;
+use petset_core::store::Store;
+use petset_proto::v1::nodes_server::NodesServer;
+use petset_proto::v1::pods_server::PodsServer;
+use petset_proto::v1::stateful_sets_server::StatefulSetsServer;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+pub use config::Config;
+pub use error::ServeError;
+
+use crate::controller::Controller;
+use crate::grpc::{NodesApi, PodsApi, StatefulSetsApi};
+use crate::nodes::Nodes;
+use crate::pods::Pods;
+use crate::sets::Sets;
+
+fn channel(setting: &'static str, address: &str) -> Result<Channel, ServeError> {
+    let endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| ServeError::Config {
+        setting,
+        reason: format!("{address:?} is not a URL: {e}"),
+    })?;
+    Ok(endpoint.tcp_nodelay(true).connect_lazy())
+}
+
+/// The running service.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Serves on `listener` (and campaigns to lead) until `shutdown`.
+    pub async fn run(
+        config: &Config,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServeError> {
+        if !(2..=60).contains(&config.leader_ttl) {
+            return Err(ServeError::Config {
+                setting: "leader-ttl",
+                reason: format!(
+                    "must be between 2 and 60 seconds, got {}",
+                    config.leader_ttl
+                ),
+            });
+        }
+        let identity = channel("identity-addr", &config.identity_addr)?;
+        let storage = channel("storage-addr", &config.storage_addr)?;
+        let store = Store::connect(&config.etcd.store_config())
+            .await
+            .map_err(ServeError::Store)?;
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let id = config
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("scheduler@{address}/{}", std::process::id()));
+        let pods = Pods::new(store.clone(), identity.clone());
+        let controller = Controller::new(store.clone(), identity, storage);
+        let elector = tokio::spawn(leader::run(
+            store.clone(),
+            id.clone(),
+            config.leader_ttl,
+            shutdown.clone(),
+            move |term, token| {
+                let controller = controller.clone();
+                async move { controller.run(term, token).await }
+            },
+        ));
+        tracing::info!(grpc = %address, id = %id, root = store.root(), "scheduler-svc serving");
+        let mut host = ServiceHost::new();
+        host.add_service(StatefulSetsServer::new(StatefulSetsApi {
+            sets: Sets::new(store.clone()),
+            store: store.clone(),
+        }))
+        .add_service(PodsServer::new(PodsApi { pods: pods.clone() }))
+        .add_service(NodesServer::new(NodesApi {
+            nodes: Nodes::new(store.clone()),
+            pods,
+            store: store.clone(),
+        }));
+        let served = host
+            .serve(listener, shutdown.clone())
+            .await
+            .map_err(ServeError::Grpc);
+        shutdown.cancel();
+        let _ = elector.await;
+        tracing::info!("scheduler-svc stopped");
+        served
+    }
+}

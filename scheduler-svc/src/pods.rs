@@ -1,0 +1,290 @@
+//! Pods as a person and a node agent see them: read, deleted on request,
+//! and their status reported by the node that runs them.
+//!
+//! # Guarantees
+//! - A status report is written only for the pod's current incarnation: one
+//!   transaction checks the identity's holder key is the one read (and holds
+//!   that incarnation) and the pod is unchanged.
+//! - A graceful deletion only marks the pod; the leader removes it once its
+//!   node agent has stopped it and released its identity. A forced deletion
+//!   removes it at once and releases its identity.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use petset_core::error::{Error, Result, Violations};
+use petset_core::identity::{self, IdentityRef};
+use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
+use petset_core::validate;
+use petset_proto::v1;
+use petset_proto::v1::identities_client::IdentitiesClient;
+use tonic::transport::Channel;
+
+use crate::records::{Deletion, Keys, PodRecord, PodStatusRecord};
+
+/// A pod and its status (for its incarnation).
+pub type PodWithStatus = (Versioned<PodRecord>, Option<PodStatusRecord>);
+
+/// What a forced deletion costs, said to the person who asked.
+pub const FORCE_WARNING: &str = "Immediate deletion does not wait for confirmation that the running pod has been \
+     terminated: its node agent may keep running it until it notices, so for a while two pods may run with this \
+     identity. Its storage and DNS stay fenced (only the newest incarnation can attach its volumes and publish its \
+     address), but anything else it does is not.";
+
+/// Checks `namespace/name`.
+pub fn parse_name(namespace: &str, name: &str) -> Result<String> {
+    let namespace = validate::namespace_or_default(namespace);
+    let mut v = Violations::new();
+    v.check("namespace", validate::dns1123_label(&namespace));
+    v.check("name", validate::dns1123_label(name));
+    v.into_result()?;
+    Ok(namespace)
+}
+
+/// The stored pods.
+#[derive(Debug, Clone)]
+pub struct Pods {
+    store: Store,
+    identities: IdentitiesClient<Channel>,
+}
+
+impl Pods {
+    /// Pods kept in `store`; forced deletions release identities through
+    /// `identity`.
+    pub fn new(store: Store, identity: Channel) -> Self {
+        Pods {
+            store,
+            identities: IdentitiesClient::new(identity),
+        }
+    }
+
+    fn not_found(ns: &str, name: &str) -> Error {
+        Error::NotFound {
+            kind: "pod",
+            name: format!("{ns}/{name}"),
+        }
+    }
+
+    async fn status_of(&self, pod: &PodRecord) -> Result<Option<PodStatusRecord>> {
+        Ok(self
+            .store
+            .get::<PodStatusRecord>(
+                &Keys(&self.store).pod_status(&pod.meta.namespace, &pod.meta.name),
+            )
+            .await?
+            .map(|s| s.value)
+            .filter(|s| s.incarnation == pod.incarnation))
+    }
+
+    /// Reads one pod.
+    pub async fn get(&self, ns: &str, name: &str) -> Result<PodWithStatus> {
+        let pod = self
+            .store
+            .get::<PodRecord>(&Keys(&self.store).pod(ns, name))
+            .await?
+            .ok_or_else(|| Self::not_found(ns, name))?;
+        let status = self.status_of(&pod.value).await?;
+        Ok((pod, status))
+    }
+
+    /// Pods of a namespace (all when `None`), of one set and/or one node
+    /// when given.
+    pub async fn list(
+        &self,
+        ns: Option<&str>,
+        set: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<PodWithStatus>> {
+        let (pods, _) = self
+            .store
+            .list::<PodRecord>(&Keys(&self.store).pods(ns))
+            .await?;
+        let mut out = Vec::new();
+        for (_, pod) in pods {
+            if set.is_some_and(|s| s != pod.value.set_name)
+                || node.is_some_and(|n| n != pod.value.node)
+            {
+                continue;
+            }
+            let status = self.status_of(&pod.value).await?;
+            out.push((pod, status));
+        }
+        Ok(out)
+    }
+
+    /// Deletes a pod; see the module's guarantees.
+    pub async fn delete(
+        &self,
+        ns: &str,
+        name: &str,
+        force: bool,
+        grace: Option<i64>,
+    ) -> Result<Option<PodWithStatus>> {
+        if let Some(g) = grace
+            && g < 0
+        {
+            return Err(Error::invalid(
+                "grace_period_seconds",
+                format!("must be 0 or more, got {g}"),
+            ));
+        }
+        let keys = Keys(&self.store);
+        let (pod, status) = self.get(ns, name).await?;
+        let key = keys.pod(ns, name);
+        if force {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    pod.mod_revision,
+                )])
+                .and_then([
+                    TxnOp::delete(key, None),
+                    TxnOp::delete(keys.pod_status(ns, name), None),
+                ]);
+            if !self.store.txn(txn).await?.succeeded() {
+                return Err(Error::Conflict(format!(
+                    "pod {ns}/{name} changed while being deleted; retry"
+                )));
+            }
+            let reference = v1::IdentityRef {
+                namespace: ns.into(),
+                set_name: pod.value.set_name.clone(),
+                ordinal: pod.value.ordinal.into(),
+            };
+            if let Err(status) = self
+                .identities
+                .clone()
+                .release_identity(v1::ReleaseIdentityRequest {
+                    r#ref: Some(reference),
+                    incarnation: pod.value.incarnation,
+                })
+                .await
+            {
+                tracing::warn!(pod = %format!("{ns}/{name}"), %status, "identity not released after forced deletion");
+            }
+            tracing::warn!(pod = %format!("{ns}/{name}"), "pod deleted by force");
+            return Ok(None);
+        }
+        let mut record = pod.value.clone();
+        let grace_seconds =
+            grace.unwrap_or(record.spec.termination_grace_period_seconds.unwrap_or(30));
+        match &mut record.deletion {
+            Some(d) if d.grace_seconds <= grace_seconds => return Ok(Some((pod, status))),
+            Some(d) => d.grace_seconds = grace_seconds,
+            None => {
+                record.deletion = Some(Deletion {
+                    requested_at: SystemTime::now(),
+                    grace_seconds,
+                    reason: "user".into(),
+                });
+            }
+        }
+        let written = self
+            .store
+            .put_over(&key, record, Some(&pod))
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "pod {ns}/{name} changed while being deleted; retry"
+                ))
+            })?;
+        tracing::info!(pod = %format!("{ns}/{name}"), grace_seconds, "pod deletion asked for");
+        Ok(Some((written, status)))
+    }
+
+    /// Records a node agent's report; see the module's guarantees.
+    pub async fn report(
+        &self,
+        ns: &str,
+        name: &str,
+        incarnation: u64,
+        status: &v1::PodStatus,
+    ) -> Result<PodWithStatus> {
+        let mut v = Violations::new();
+        if !matches!(
+            status.phase.as_str(),
+            "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown"
+        ) {
+            v.add(
+                "status.phase",
+                format!(
+                    "must be Pending, Running, Succeeded, Failed or Unknown, got {:?}",
+                    status.phase
+                ),
+            );
+        }
+        if !status.pod_ip.is_empty() && status.pod_ip.parse::<IpAddr>().is_err() {
+            v.add(
+                "status.pod_ip",
+                format!("must be an IP address, got {:?}", status.pod_ip),
+            );
+        }
+        if status.restart_count < 0 {
+            v.add("status.restart_count", "must be 0 or more");
+        }
+        if incarnation == 0 {
+            v.add("incarnation", "is required: the pod's incarnation");
+        }
+        v.into_result()?;
+        let keys = Keys(&self.store);
+        let (pod, previous) = self.get(ns, name).await?;
+        if pod.value.incarnation != incarnation {
+            return Err(Error::FailedPrecondition(format!(
+                "stale incarnation {incarnation} for pod {ns}/{name}: the pod runs as incarnation {}",
+                pod.value.incarnation
+            )));
+        }
+        let reference = IdentityRef {
+            namespace: ns.into(),
+            set_name: pod.value.set_name.clone(),
+            ordinal: pod.value.ordinal,
+        };
+        let holder = identity::current_holder(&self.store, &reference, incarnation).await?;
+        let now = SystemTime::now();
+        let ready_since = match (&previous, status.ready) {
+            (_, false) => None,
+            (Some(p), true) if p.ready => p.ready_since,
+            (_, true) => Some(now),
+        };
+        let start_time = previous
+            .as_ref()
+            .and_then(|p| p.start_time)
+            .or_else(|| (status.phase == "Running").then_some(now));
+        let record = PodStatusRecord {
+            incarnation,
+            phase: status.phase.clone(),
+            ready: status.ready,
+            pod_ip: status.pod_ip.clone(),
+            restart_count: status.restart_count,
+            message: status.message.clone(),
+            reason: status.reason.clone(),
+            ready_since,
+            start_time,
+        };
+        if previous.as_ref() == Some(&record) {
+            return Ok((pod, previous));
+        }
+        let pod_key = keys.pod(ns, name);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(
+                    reference.holder_key(&self.store),
+                    CompareOp::Equal,
+                    holder.mod_revision,
+                ),
+                Compare::mod_revision(pod_key, CompareOp::Equal, pod.mod_revision),
+            ])
+            .and_then([TxnOp::put(
+                keys.pod_status(ns, name),
+                encode(&record)?,
+                None,
+            )]);
+        if !self.store.txn(txn).await?.succeeded() {
+            return Err(Error::Conflict(format!(
+                "pod {ns}/{name} or its identity changed while reporting; report again"
+            )));
+        }
+        Ok((pod, Some(record)))
+    }
+}
