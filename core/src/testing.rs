@@ -291,6 +291,66 @@ where
     }
 }
 
+/// A program run for a test that cannot outlive the test process: a shell
+/// watchdog kills it when the test's end of its stdin pipe closes (the test
+/// ended, even by a crash).
+#[derive(Debug)]
+pub struct Tied {
+    watchdog: Child,
+    pid: String,
+}
+
+impl Tied {
+    /// Starts `program args`, its output appended to `log`.
+    pub fn spawn(program: &Path, args: &[String], log: &Path) -> Tied {
+        let script = r#"
+            "$PROGRAM" "$@" >>"$LOG" 2>&1 &
+            pid=$!
+            echo "$pid"
+            read -r _ || true
+            kill "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+        "#;
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("petset-test-watchdog")
+            .args(args)
+            .env("PROGRAM", program)
+            .env("LOG", log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning sh");
+        let mut pid = String::new();
+        let mut out = watchdog.stdout.take().expect("piped");
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+            pid.push(byte[0] as char);
+        }
+        Tied { watchdog, pid }
+    }
+
+    /// Kills the program with SIGKILL, as a crash would: it cannot clean up.
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", &self.pid]).status();
+        self.stop();
+    }
+
+    /// Stops the program (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        drop(self.watchdog.stdin.take());
+        let _ = self.watchdog.wait();
+    }
+}
+
+impl Drop for Tied {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Timing for the benchmarks under `benches/`: percentiles of sequential
 /// calls, reported as a ratio to a baseline measured in the same run.
 pub mod bench {

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use futures::Stream;
 use petset_core::error::{Error, Result, Violations};
 use petset_core::quantity::format_bytes;
+use petset_core::shutdown::CancellationToken;
 use petset_core::store::mirror::Mirror;
 use petset_core::store::{Store, Versioned};
 use petset_core::validate;
@@ -114,6 +115,8 @@ pub struct StatefulSetsApi {
     pub sets: Sets,
     /// For revisions and watches.
     pub store: Store,
+    /// Ends the watch streams when the server stops.
+    pub shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -212,6 +215,7 @@ impl stateful_sets_server::StatefulSets for StatefulSetsApi {
         let statuses = Mirror::spawn(&self.store, self.store.prefix(&["setstatus"]));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let sets = self.sets.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let (mut a, mut b) = (specs.changed(), statuses.changed());
             let mut sent: BTreeMap<String, v1::StatefulSet> = BTreeMap::new();
@@ -256,6 +260,7 @@ impl stateful_sets_server::StatefulSets for StatefulSetsApi {
                 }
                 sent = current;
                 tokio::select! {
+                    _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                     r = a.changed() => if r.is_err() { return },
                     r = b.changed() => if r.is_err() { return },
@@ -342,6 +347,8 @@ pub struct NodesApi {
     pub pods: Pods,
     /// For the node's pod stream.
     pub store: Store,
+    /// Ends the pod streams when the server stops.
+    pub shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -417,6 +424,7 @@ impl nodes_server::Nodes for NodesApi {
         let mirror = Mirror::spawn(&self.store, Keys(&self.store).pods(None));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let pods = self.pods.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut changed = mirror.changed();
             let mut sent: Option<Vec<v1::Pod>> = None;
@@ -442,6 +450,7 @@ impl nodes_server::Nodes for NodesApi {
                     sent = Some(now);
                 }
                 tokio::select! {
+                    _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                     r = changed.changed() => if r.is_err() { return },
                 }

@@ -106,12 +106,14 @@ impl Server {
         host.add_service(StatefulSetsServer::new(StatefulSetsApi {
             sets: Sets::new(store.clone()),
             store: store.clone(),
+            shutdown: shutdown.clone(),
         }))
         .add_service(PodsServer::new(PodsApi { pods: pods.clone() }))
         .add_service(NodesServer::new(NodesApi {
             nodes: Nodes::new(store.clone()),
             pods,
             store: store.clone(),
+            shutdown: shutdown.clone(),
         }));
         let served = host
             .serve(listener, shutdown.clone())
