@@ -1,5 +1,5 @@
 //! The README's first command, run as a user would: `scripts/up` brings up
-//! etcd, identity-svc and storage-svc and runs the example; grpcurl and dig then see what
+//! etcd, identity-svc, storage-svc and scheduler-svc and runs the example; grpcurl and dig then see what
 //! the README says they will; stopping it leaves nothing running.
 
 use std::path::Path;
@@ -30,15 +30,22 @@ fn alive(pid: &str) -> bool {
 }
 
 #[test]
-fn scripts_up_serves_identities_dns_and_storage_then_stops_cleanly() {
+fn scripts_up_serves_every_service_then_stops_cleanly() {
     let stack = tempfile::tempdir().unwrap();
-    let (etcd, identity, dns, storage) = (free_port(), free_port(), free_port(), free_port());
+    let (etcd, identity, dns, storage, scheduler) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut up = Command::new(repo_root().join("scripts/up"))
         .env("PETSET_STACK_DIR", stack.path())
         .env("PETSET_ETCD_PORT", etcd.to_string())
         .env("PETSET_IDENTITY_PORT", identity.to_string())
         .env("PETSET_DNS_PORT", dns.to_string())
         .env("PETSET_STORAGE_PORT", storage.to_string())
+        .env("PETSET_SCHEDULER_PORT", scheduler.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -105,6 +112,20 @@ fn scripts_up_serves_identities_dns_and_storage_then_stops_cleanly() {
         attached.contains(&format!("{}/storage/static/pv-a", stack.path().display())),
         "{attached}"
     );
+
+    // grpcurl lists the scheduler's services.
+    let scheduler_addr = format!("127.0.0.1:{scheduler}");
+    let listed = run("grpcurl", &["-plaintext", &scheduler_addr, "list"]);
+    for service in [
+        "petset.v1.StatefulSets",
+        "petset.v1.Pods",
+        "petset.v1.Nodes",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == service),
+            "{service} missing from:\n{listed}"
+        );
+    }
 
     // An identity can be issued with grpcurl.
     let lease = run(

@@ -249,11 +249,13 @@ impl Model {
                 self.set.update_revision = format!("r{}", self.revisions);
             }
             Step::Ready(i) => {
-                if let Some(p) = self.pods.get_mut(&(self.set.start + i)) {
-                    if p.phase == Phase::Pending && !p.terminating && p.node_ready {
-                        p.phase = Phase::Running;
-                        p.ready_since = Some(self.now);
-                    }
+                if let Some(p) = self.pods.get_mut(&(self.set.start + i))
+                    && p.phase == Phase::Pending
+                    && !p.terminating
+                    && p.node_ready
+                {
+                    p.phase = Phase::Running;
+                    p.ready_since = Some(self.now);
                 }
             }
             Step::Fail(i) => {

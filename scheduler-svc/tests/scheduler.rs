@@ -102,7 +102,7 @@ async fn the_seed_sequence_2_then_1_then_3_keeps_and_rebinds_the_claim_of_ordina
     );
     let data2 = claim(&cluster, "data-kubia-2").await;
     assert_ne!(data2.spec.unwrap().volume_name, volume1);
-    let path = std::path::PathBuf::from(cluster.static_dir(&volume1));
+    let path = cluster.static_dir(&volume1);
     assert_eq!(
         std::fs::read_to_string(path.join("kubia.txt")).unwrap(),
         "data of kubia-1\n"
@@ -479,7 +479,8 @@ async fn bad_sets_are_refused_naming_the_field_and_immutable_fields_stay() {
             .map(|f| f.field.clone())
             .collect()
     };
-    let cases: Vec<(Box<dyn Fn(&mut v1::StatefulSet)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut v1::StatefulSet)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|s| s.spec.as_mut().unwrap().replicas = Some(-1)),
             "stateful_set.spec.replicas",
