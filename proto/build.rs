@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "petset/v1/lease.proto",
         "petset/v1/storage.proto",
         "petset/v1/scheduler.proto",
+        "petset/v1/agent.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
@@ -45,16 +46,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "PersistentVolumeClaimSpec",
         "VolumeResourceRequirements",
         "LabelSelector",
+        "ServiceSpec",
+        "ServicePort",
+        "StorageClass",
     ];
     let mut config = tonic_prost_build::configure();
     for message in stored {
         config = config.type_attribute(
             format!(".petset.v1.{message}"),
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+            "#[derive(serde::Serialize, serde::Deserialize)] \
+             #[serde(default, rename_all = \"camelCase\", deny_unknown_fields)]",
+        );
+    }
+    // Kubernetes' IntOrString fields and quantities are numbers or strings
+    // in YAML; here they are strings.
+    for field in [
+        "HttpGetAction.port",
+        "TcpSocketAction.port",
+        "RollingUpdateStrategy.max_unavailable",
+        "ServicePort.target_port",
+    ] {
+        config = config.field_attribute(
+            format!(".petset.v1.{field}"),
+            "#[serde(deserialize_with = \"crate::serde_k8s::int_or_string\")]",
+        );
+    }
+    for field in [
+        "ResourceRequirements.requests",
+        "ResourceRequirements.limits",
+        "VolumeResourceRequirements.requests",
+    ] {
+        config = config.field_attribute(
+            format!(".petset.v1.{field}"),
+            "#[serde(deserialize_with = \"crate::serde_k8s::quantities\")]",
         );
     }
     config
         .field_attribute(".petset.v1.ObjectMeta.creation_timestamp", "#[serde(skip)]")
+        .field_attribute(
+            ".petset.v1.ServiceSpec.cluster_ip",
+            "#[serde(rename = \"clusterIP\")]",
+        )
         .file_descriptor_set_path(out.join("petset_descriptor.bin"))
         .compile_protos(&protos, &["."])?;
     Ok(())

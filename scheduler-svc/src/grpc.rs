@@ -358,8 +358,14 @@ impl nodes_server::Nodes for NodesApi {
         request: Request<v1::RegisterNodeRequest>,
     ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
         let r = request.get_ref();
-        let registration =
-            nodes::parse(&r.name, &r.address, &r.capacity, &r.labels, r.ttl_seconds)?;
+        let registration = nodes::parse(
+            &r.name,
+            &r.address,
+            &r.capacity,
+            &r.labels,
+            r.ttl_seconds,
+            &r.agent_endpoint,
+        )?;
         let ttl = registration.ttl;
         let lease_id = self.nodes.register(registration).await?;
         Ok(Response::new(v1::RegisterNodeResponse {
@@ -406,6 +412,7 @@ impl nodes_server::Nodes for NodesApi {
                 lease_id: n.lease_id,
                 registered_at: Some(n.registered_at.into()),
                 pods: pods as i32,
+                agent_endpoint: n.agent_endpoint,
             })
             .collect();
         Ok(Response::new(v1::ListNodesResponse { nodes }))
@@ -474,5 +481,39 @@ impl nodes_server::Nodes for NodesApi {
             .report(&ns, &r.name, r.incarnation, &status)
             .await?;
         Ok(Response::new(pod_to_api(&reported)))
+    }
+}
+
+/// The Cluster service: where the other services are.
+#[derive(Debug, Clone)]
+pub struct ClusterApi {
+    /// identity-svc's URL.
+    pub identity_addr: String,
+    /// storage-svc's URL.
+    pub storage_addr: String,
+    /// This replica.
+    pub replica: String,
+    /// For the leader key.
+    pub store: Store,
+}
+
+#[tonic::async_trait]
+impl v1::cluster_server::Cluster for ClusterApi {
+    async fn get_cluster_info(
+        &self,
+        _: Request<v1::GetClusterInfoRequest>,
+    ) -> Result<Response<v1::ClusterInfo>, Status> {
+        let leader = self
+            .store
+            .get::<crate::records::LeaderRecord>(&Keys(&self.store).leader())
+            .await?
+            .map(|l| l.value.id)
+            .unwrap_or_default();
+        Ok(Response::new(v1::ClusterInfo {
+            identity_addr: self.identity_addr.clone(),
+            storage_addr: self.storage_addr.clone(),
+            replica: self.replica.clone(),
+            leader,
+        }))
     }
 }

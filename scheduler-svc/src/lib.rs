@@ -109,6 +109,14 @@ impl Server {
             shutdown: shutdown.clone(),
         }))
         .add_service(PodsServer::new(PodsApi { pods: pods.clone() }))
+        .add_service(petset_proto::v1::cluster_server::ClusterServer::new(
+            grpc::ClusterApi {
+                identity_addr: config.identity_addr.clone(),
+                storage_addr: config.storage_addr.clone(),
+                replica: id.clone(),
+                store: store.clone(),
+            },
+        ))
         .add_service(NodesServer::new(NodesApi {
             nodes: Nodes::new(store.clone()),
             pods,

@@ -38,6 +38,8 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     /// Lease TTL.
     pub ttl: i64,
+    /// The agent's gRPC address.
+    pub agent_endpoint: String,
 }
 
 /// Checks a registration; every broken rule is named.
@@ -47,6 +49,7 @@ pub fn parse(
     capacity: &HashMap<String, String>,
     labels: &HashMap<String, String>,
     ttl: i64,
+    agent_endpoint: &str,
 ) -> Result<Registration> {
     let mut v = Violations::new();
     v.check("name", validate::dns1123_subdomain(name));
@@ -95,6 +98,12 @@ pub fn parse(
             format!("must be between 2 and {MAX_TTL} seconds, got {ttl}"),
         );
     }
+    if !agent_endpoint.is_empty() && agent_endpoint.parse::<std::net::SocketAddr>().is_err() {
+        v.add(
+            "agent_endpoint",
+            format!("must be host:port with an IP address, got {agent_endpoint:?}"),
+        );
+    }
     v.into_result()?;
     Ok(Registration {
         name: name.to_string(),
@@ -102,6 +111,7 @@ pub fn parse(
         capacity: cap,
         labels,
         ttl,
+        agent_endpoint: agent_endpoint.to_string(),
     })
 }
 
@@ -128,6 +138,7 @@ impl Nodes {
             labels: r.labels,
             lease_id: lease,
             registered_at: SystemTime::now(),
+            agent_endpoint: r.agent_endpoint,
         };
         let txn = Txn::new().and_then([
             TxnOp::put(keys.node(&r.name), encode(&record)?, None),

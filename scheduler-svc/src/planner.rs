@@ -3,10 +3,11 @@
 //! carries the actions out and calls [`plan`] again on what it then reads.
 //!
 //! # Rules (Kubernetes' `pkg/controller/statefulset`, then beyond)
-//! - Pods whose deletion was asked for are removed once their identity is
-//!   no longer held by their incarnation: the node agent released it after
-//!   stopping them, or the node's lease expired (the agent stopped them
-//!   itself). A pod on a lost node whose identity is still held waits.
+//! - A pod is removed once its identity is no longer held by its
+//!   incarnation: the node agent released it after stopping the pod (a
+//!   deletion), or the node's lease expired (the agent stopped it itself),
+//!   or the agent restarted under a new lease. A pod on a lost node whose
+//!   identity is still held waits: it may still run.
 //! - Replicas are ordinals `start..start+replicas`, in order. A missing one
 //!   is created; a Failed one is deleted (and created again). OrderedReady
 //!   creates ordinal `i` only when every lower replica is Running, Ready and
@@ -132,6 +133,9 @@ pub enum Reason {
     Failed,
     /// Its node is lost and its identity free.
     NodeLost,
+    /// Its identity is free though its node is Ready (the agent restarted
+    /// under a new lease).
+    IdentityLost,
     /// Its deletion completed.
     Terminated,
     /// The set is being deleted.
@@ -185,11 +189,13 @@ pub fn plan(
     // see them.
     let mut live: BTreeMap<u32, &PodView> = BTreeMap::new();
     for pod in pods {
-        if !pod.identity_held && (pod.terminating || !pod.node_ready) {
+        if !pod.identity_held {
             let reason = if pod.terminating {
                 Reason::Terminated
-            } else {
+            } else if !pod.node_ready {
                 Reason::NodeLost
+            } else {
+                Reason::IdentityLost
             };
             actions.push(Action::RemovePod {
                 name: pod.name.clone(),

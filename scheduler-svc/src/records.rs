@@ -164,6 +164,9 @@ pub struct NodeRecord {
     pub lease_id: i64,
     /// When it registered last.
     pub registered_at: SystemTime,
+    /// The agent's gRPC address, for pod logs.
+    #[serde(default)]
+    pub agent_endpoint: String,
 }
 
 /// The leading replica.

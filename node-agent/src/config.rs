@@ -1,0 +1,108 @@
+//! node-agent's settings: flags, each with an environment variable.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use petset_core::config::TelemetryArgs;
+
+/// How a pod's processes are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// Namespaces when running as root, none otherwise.
+    Auto,
+    /// Own UTS and mount namespaces per container (needs root): the pod's
+    /// hostname is set and its volumes are bind-mounted at their mountPath.
+    Namespaces,
+    /// Plain processes: the hostname is only in `HOSTNAME`, and pods with
+    /// volume mounts are refused (they would not see their volumes).
+    None,
+}
+
+/// node-agent: runs the pods the scheduler binds to this node.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "node-agent", version, about)]
+pub struct Config {
+    /// The node's name (a DNS-1123 subdomain).
+    #[arg(long, env = "PETSET_NODE_NAME")]
+    pub name: String,
+    /// scheduler-svc's gRPC address.
+    #[arg(
+        long,
+        env = "PETSET_SCHEDULER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub scheduler_addr: String,
+    /// identity-svc's gRPC address.
+    #[arg(
+        long,
+        env = "PETSET_IDENTITY_ADDR",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub identity_addr: String,
+    /// storage-svc's gRPC address.
+    #[arg(
+        long,
+        env = "PETSET_STORAGE_ADDR",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub storage_addr: String,
+    /// The agent's own gRPC address (pod logs).
+    #[arg(
+        long,
+        env = "PETSET_AGENT_GRPC_ADDR",
+        default_value = "127.0.0.1:10250"
+    )]
+    pub grpc_addr: SocketAddr,
+    /// The addresses this node's pods get, one each (e.g. 127.1.1.0/24 on
+    /// loopback: pods listening on the same port do not collide).
+    #[arg(long, env = "PETSET_POD_SUBNET", default_value = "127.1.0.0/24")]
+    pub pod_subnet: ipnet::Ipv4Net,
+    /// Where pod logs and emptyDir volumes live.
+    #[arg(
+        long,
+        env = "PETSET_AGENT_DATA_DIR",
+        default_value = "/var/lib/petset/agent"
+    )]
+    pub data_dir: PathBuf,
+    /// The program to run for an image when a container has no command:
+    /// `IMAGE=PROGRAM`, repeatable (or ','-separated in the variable). An
+    /// image's tag may be left out to match every tag.
+    #[arg(long = "image", env = "PETSET_IMAGE_MAP", value_delimiter = ',', value_parser = parse_image)]
+    pub images: Vec<(String, PathBuf)>,
+    /// Node lease TTL, seconds.
+    #[arg(long, env = "PETSET_NODE_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: i64,
+    /// Seconds before the first restart back-off step (then doubled, up to
+    /// 5 minutes), as the kubelet's 10 s.
+    #[arg(long, env = "PETSET_RESTART_BACKOFF", default_value_t = 10)]
+    pub restart_backoff: u64,
+    /// Process isolation.
+    #[arg(long, env = "PETSET_ISOLATION", value_enum, default_value_t = Isolation::Auto)]
+    pub isolation: Isolation,
+    /// Labels of the node: `key=value`, repeatable.
+    #[arg(long = "label", value_delimiter = ',', value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
+    let (image, program) = parse_pair(text)?;
+    Ok((image, PathBuf::from(program)))
+}
+
+impl Config {
+    /// The image map, by image name.
+    pub fn image_map(&self) -> BTreeMap<String, PathBuf> {
+        self.images.iter().cloned().collect()
+    }
+}

@@ -1,0 +1,465 @@
+//! node-agent is petset's kubelet: it registers its node under an etcd lease
+//! (through scheduler-svc), runs the pods bound to the node as real
+//! processes, and stops them itself when it loses the lease, so that an
+//! identity never runs twice.
+//!
+//! # Layout
+//! - [`pods`]: one pod's life: attach, run, probe, restart, report, stop.
+//! - [`runtime`]: a container as a process (namespaces, mounts, signals).
+//! - [`probes`]: readiness and liveness probes.
+//! - [`config`]: settings.
+//!
+//! # Guarantees
+//! - The lease is renewed every third of its TTL. When no renewal has
+//!   succeeded for two thirds of it (or etcd says it expired), every pod is
+//!   killed at once, before the lease can expire and the scheduler place
+//!   them elsewhere; then the node registers again.
+//! - A pod's processes end with the agent (parent-death signal).
+
+pub mod config;
+pub mod pods;
+pub mod probes;
+pub mod runtime;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use petset_core::error::Violations;
+use petset_core::serve::ServiceHost;
+use petset_core::shutdown::CancellationToken;
+use petset_core::validate;
+use petset_proto::v1;
+use petset_proto::v1::identities_client::IdentitiesClient;
+use petset_proto::v1::leases_client::LeasesClient;
+use petset_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
+use petset_proto::v1::nodes_client::NodesClient;
+use petset_proto::v1::storage_client::StorageClient;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+pub use config::{Config, Isolation};
+
+use crate::pods::{Context, Stop};
+
+/// node-agent failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A setting is wrong.
+    #[error("setting {setting}: {reason}")]
+    Config {
+        /// Which.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
+}
+
+fn channel(setting: &'static str, address: &str) -> Result<Channel, AgentError> {
+    Endpoint::from_shared(address.to_string())
+        .map(|e| e.tcp_nodelay(true).connect_lazy())
+        .map_err(|e| AgentError::Config {
+            setting,
+            reason: format!("{address:?} is not a URL: {e}"),
+        })
+}
+
+/// The addresses pods get, one each.
+#[derive(Debug)]
+struct Addresses {
+    free: BTreeSet<Ipv4Addr>,
+}
+
+impl Addresses {
+    fn take(&mut self) -> Option<Ipv4Addr> {
+        let first = *self.free.iter().next()?;
+        self.free.remove(&first);
+        Some(first)
+    }
+}
+
+struct Running {
+    incarnation: u64,
+    ip: Ipv4Addr,
+    stop: watch::Sender<Option<Stop>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running agent.
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// Runs until `shutdown`: serves pod logs on `listener`, registers the
+    /// node and runs its pods.
+    pub async fn run(
+        config: &Config,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AgentError> {
+        let mut v = Violations::new();
+        v.check("name", validate::dns1123_subdomain(&config.name));
+        if let Err(e) = v.into_result() {
+            return Err(AgentError::Config {
+                setting: "name",
+                reason: e.to_string(),
+            });
+        }
+        let namespaces = match config.isolation {
+            Isolation::Namespaces if !runtime::is_root() => {
+                return Err(AgentError::Config {
+                    setting: "isolation",
+                    reason: "namespaces need root; run as root or use --isolation none".into(),
+                });
+            }
+            Isolation::Namespaces => true,
+            Isolation::None => false,
+            Isolation::Auto => runtime::is_root(),
+        };
+        if !namespaces {
+            tracing::warn!(
+                "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
+            );
+        }
+        let identity = channel("identity-addr", &config.identity_addr)?;
+        let ctx = Arc::new(Context {
+            node: config.name.clone(),
+            images: config.image_map(),
+            data_dir: config.data_dir.clone(),
+            backoff: Duration::from_secs(config.restart_backoff.max(1)),
+            namespaces,
+            nodes: NodesClient::new(channel("scheduler-addr", &config.scheduler_addr)?),
+            identities: IdentitiesClient::new(identity.clone()),
+            storage: StorageClient::new(channel("storage-addr", &config.storage_addr)?),
+        });
+        let agent_endpoint = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut host = ServiceHost::new();
+        host.add_service(NodeAgentServer::new(LogsApi { ctx: ctx.clone() }));
+        let server = tokio::spawn(host.serve(listener, shutdown.clone()));
+        let addresses = Addresses {
+            free: config.pod_subnet.hosts().collect(),
+        };
+        let mut node = NodeLoop {
+            ctx,
+            addresses,
+            running: BTreeMap::new(),
+            config: config.clone(),
+            agent_endpoint,
+        };
+        node.run(shutdown.clone(), LeasesClient::new(identity))
+            .await;
+        server
+            .await
+            .map_err(|e| AgentError::Config {
+                setting: "grpc",
+                reason: e.to_string(),
+            })?
+            .map_err(AgentError::Grpc)
+    }
+}
+
+struct NodeLoop {
+    ctx: Arc<Context>,
+    addresses: Addresses,
+    running: BTreeMap<String, Running>,
+    config: Config,
+    agent_endpoint: String,
+}
+
+impl NodeLoop {
+    async fn register(&self, shutdown: &CancellationToken) -> Option<(i64, i64)> {
+        let capacity: std::collections::HashMap<String, String> = [(
+            "pods".to_string(),
+            self.addresses.free.len().min(110).to_string(),
+        )]
+        .into();
+        loop {
+            let request = v1::RegisterNodeRequest {
+                name: self.config.name.clone(),
+                address: "127.0.0.1".into(),
+                capacity: capacity.clone(),
+                labels: self.config.labels.iter().cloned().collect(),
+                ttl_seconds: self.config.lease_ttl,
+                agent_endpoint: self.agent_endpoint.clone(),
+            };
+            match self.ctx.nodes.clone().register_node(request.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    tracing::info!(node = %self.config.name, lease = r.lease_id, ttl = r.ttl_seconds, "node registered");
+                    return Some((r.lease_id, r.ttl_seconds));
+                }
+                Err(status) => tracing::warn!(%status, "cannot register the node; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken, mut leases: LeasesClient<Channel>) {
+        while let Some((lease, ttl)) = self.register(&shutdown).await {
+            let lost = CancellationToken::new();
+            let keep = tokio::spawn(keep_alive(
+                self.ctx.nodes.clone(),
+                self.config.name.clone(),
+                lease,
+                ttl,
+                lost.clone(),
+                shutdown.clone(),
+            ));
+            let mut stream = None;
+            loop {
+                if stream.is_none() {
+                    let request = v1::WatchNodePodsRequest {
+                        node_name: self.config.name.clone(),
+                    };
+                    match self.ctx.nodes.clone().watch_node_pods(request).await {
+                        Ok(s) => stream = Some(s.into_inner()),
+                        Err(status) => {
+                            tracing::warn!(%status, "cannot watch this node's pods; retrying")
+                        }
+                    }
+                }
+                let next = async {
+                    match stream.as_mut() {
+                        Some(s) => s.next().await,
+                        None => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            None
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = lost.cancelled() => break,
+                    event = next => match event {
+                        Some(Ok(event)) => self.reconcile(event.pods),
+                        _ => stream = None,
+                    },
+                }
+            }
+            keep.abort();
+            if shutdown.is_cancelled() {
+                self.stop_all(None).await;
+                let _ = leases
+                    .revoke_lease(v1::RevokeLeaseRequest { lease_id: lease })
+                    .await;
+                tracing::info!(node = %self.config.name, "node agent stopped; its lease revoked");
+                return;
+            }
+            tracing::error!(node = %self.config.name, lease, "node lease lost: killing every pod so that no identity runs twice");
+            self.stop_all(Some(Stop::Fence)).await;
+        }
+        self.stop_all(None).await;
+    }
+
+    fn reconcile(&mut self, pods: Vec<v1::Pod>) {
+        self.running.retain(|_, r| !r.task.is_finished());
+        let mut seen = BTreeSet::new();
+        for pod in pods {
+            let meta = pod.metadata.clone().unwrap_or_default();
+            let key = format!("{}/{}", meta.namespace, meta.name);
+            seen.insert(key.clone());
+            if pod.deletion_timestamp.is_some() {
+                let grace = Duration::from_secs(pod.deletion_grace_period_seconds.max(0) as u64);
+                match self.running.get(&key) {
+                    Some(r) if r.stop.borrow().is_none() => {
+                        let _ = r.stop.send(Some(Stop::Graceful(grace)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        // Not running here (the agent restarted): just give
+                        // the identity back.
+                        let mut identities = self.ctx.identities.clone();
+                        let release = v1::ReleaseIdentityRequest {
+                            r#ref: Some(v1::IdentityRef {
+                                namespace: meta.namespace.clone(),
+                                set_name: pod.set_name.clone(),
+                                ordinal: pod.ordinal,
+                            }),
+                            incarnation: pod.incarnation,
+                        };
+                        tokio::spawn(async move { identities.release_identity(release).await });
+                    }
+                }
+                continue;
+            }
+            if self
+                .running
+                .get(&key)
+                .is_some_and(|r| r.incarnation == pod.incarnation)
+            {
+                continue;
+            }
+            if let Some(old) = self.running.remove(&key) {
+                let _ = old.stop.send(Some(Stop::Graceful(Duration::ZERO)));
+                self.addresses.free.insert(old.ip);
+            }
+            let Some(ip) = self.addresses.take() else {
+                tracing::error!(pod = %key, "no pod address left in the pod subnet");
+                continue;
+            };
+            let (stop, stopped) = watch::channel(None);
+            let task = tokio::spawn(pods::supervise(self.ctx.clone(), pod.clone(), ip, stopped));
+            self.running.insert(
+                key,
+                Running {
+                    incarnation: pod.incarnation,
+                    ip,
+                    stop,
+                    task,
+                },
+            );
+        }
+        // Pods that vanished (deleted by force): stop them too.
+        for (key, r) in &self.running {
+            if !seen.contains(key) && r.stop.borrow().is_none() {
+                let _ = r.stop.send(Some(Stop::Graceful(Duration::ZERO)));
+            }
+        }
+        let finished: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.task.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            if let Some(r) = self.running.remove(&key) {
+                self.addresses.free.insert(r.ip);
+            }
+        }
+    }
+
+    /// Stops every pod (`how`: `None` for each pod's own grace) and waits.
+    async fn stop_all(&mut self, how: Option<Stop>) {
+        for r in self.running.values() {
+            let _ = r
+                .stop
+                .send(Some(how.unwrap_or(Stop::Graceful(Duration::from_secs(30)))));
+        }
+        for (_, r) in std::mem::take(&mut self.running) {
+            let _ = r.task.await;
+            self.addresses.free.insert(r.ip);
+        }
+    }
+}
+
+/// Renews the node's lease every third of its TTL; cancels `lost` when it
+/// is gone or has not been renewed for two thirds of the TTL.
+async fn keep_alive(
+    mut nodes: NodesClient<Channel>,
+    name: String,
+    lease: i64,
+    ttl: i64,
+    lost: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let ttl = Duration::from_secs(ttl.max(2) as u64);
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        let request = v1::KeepAliveNodeRequest {
+            name: name.clone(),
+            lease_id: lease,
+        };
+        match tokio::time::timeout(ttl / 3, nodes.keep_alive_node(request)).await {
+            Ok(Ok(_)) => last_ok = Instant::now(),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                tracing::error!(%status, "node lease expired");
+                lost.cancel();
+                return;
+            }
+            Ok(Err(status)) => tracing::warn!(%status, "lease renewal failed"),
+            Err(_) => tracing::warn!("lease renewal timed out"),
+        }
+        if last_ok.elapsed() >= ttl * 2 / 3 {
+            tracing::error!(since = ?last_ok.elapsed(), "lease not renewed for two thirds of its TTL");
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// `petset.v1.NodeAgent`: pod logs from this node.
+#[derive(Debug, Clone)]
+struct LogsApi {
+    ctx: Arc<Context>,
+}
+
+#[tonic::async_trait]
+impl NodeAgent for LogsApi {
+    async fn pod_logs(
+        &self,
+        request: Request<v1::PodLogsRequest>,
+    ) -> Result<Response<v1::PodLogsResponse>, Status> {
+        let r = request.into_inner();
+        let namespace = validate::namespace_or_default(&r.namespace);
+        let mut v = Violations::new();
+        v.check("namespace", validate::dns1123_label(&namespace));
+        v.check("name", validate::dns1123_label(&r.name));
+        if !r.container.is_empty() {
+            v.check("container", validate::dns1123_label(&r.container));
+        }
+        if r.tail_lines < 0 {
+            v.add("tail_lines", "must be 0 or more");
+        }
+        v.into_result()?;
+        let dir = self.ctx.pod_dir(&namespace, &r.name);
+        let container = if r.container.is_empty() {
+            let mut logs: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|_| {
+                    Status::not_found(format!(
+                        "pod {namespace}/{} has no logs on node {}",
+                        r.name, self.ctx.node
+                    ))
+                })?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| {
+                    n.strip_suffix(".log")
+                        .filter(|c| !c.ends_with(".previous"))
+                        .map(str::to_string)
+                })
+                .collect();
+            logs.sort();
+            logs.into_iter().next().ok_or_else(|| {
+                Status::not_found(format!("pod {namespace}/{} has no logs yet", r.name))
+            })?
+        } else {
+            r.container.clone()
+        };
+        let file = dir.join(if r.previous {
+            format!("{container}.previous.log")
+        } else {
+            format!("{container}.log")
+        });
+        let text = std::fs::read_to_string(&file).map_err(|_| {
+            Status::not_found(format!(
+                "no {}logs for container {container} of pod {namespace}/{}",
+                if r.previous { "previous " } else { "" },
+                r.name
+            ))
+        })?;
+        let text = if r.tail_lines > 0 {
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(r.tail_lines as usize);
+            lines[from..].iter().map(|l| format!("{l}\n")).collect()
+        } else {
+            text
+        };
+        Ok(Response::new(v1::PodLogsResponse { container, text }))
+    }
+}

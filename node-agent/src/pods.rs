@@ -1,0 +1,557 @@
+//! One pod's life on this node: attach its claims, run its containers,
+//! probe them, restart them, report, and stop them.
+//!
+//! # Expected flow
+//! 1. Attach each claim through storage-svc with the pod's incarnation; the
+//!    answer is the directory to bind-mount.
+//! 2. Start each container (see [`crate::runtime`]); report the pod Running
+//!    to scheduler-svc and its endpoint to identity-svc, both with the
+//!    incarnation; report again whenever readiness or restarts change.
+//! 3. A container that exits, or fails its liveness probe, is started again
+//!    (`restartPolicy: Always`): at once the first time, then after 10 s,
+//!    20 s, ... up to 5 minutes; the back-off resets after 10 minutes of
+//!    running.
+//! 4. Asked to stop (the pod is deleted): SIGTERM to every process, SIGKILL
+//!    after the grace period, then detach the claims and release the
+//!    identity, which tells the scheduler the pod is gone.
+//! 5. Fenced (the node lost its lease): SIGKILL at once, and nothing else:
+//!    the identity and the attachments went with the lease.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petset_proto::v1;
+use petset_proto::v1::identities_client::IdentitiesClient;
+use petset_proto::v1::nodes_client::NodesClient;
+use petset_proto::v1::storage_client::StorageClient;
+use rustix::process::Signal;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::probes::{self, Outcome};
+use crate::runtime::{self, Launch};
+
+/// Longest restart back-off, as the kubelet's.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Running this long resets the back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// How a pod is to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, SIGKILL after the grace period, then detach and release.
+    Graceful(Duration),
+    /// SIGKILL now and nothing else (the lease is gone).
+    Fence,
+}
+
+/// What every pod task shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The node's name.
+    pub node: String,
+    /// image → program.
+    pub images: BTreeMap<String, PathBuf>,
+    /// Where logs and emptyDirs live.
+    pub data_dir: PathBuf,
+    /// First restart back-off step.
+    pub backoff: Duration,
+    /// Own namespaces per container.
+    pub namespaces: bool,
+    /// scheduler-svc.
+    pub nodes: NodesClient<Channel>,
+    /// identity-svc.
+    pub identities: IdentitiesClient<Channel>,
+    /// storage-svc.
+    pub storage: StorageClient<Channel>,
+}
+
+impl Context {
+    /// The folder of a pod's logs and emptyDirs.
+    pub fn pod_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.data_dir
+            .join("pods")
+            .join(format!("{namespace}_{name}"))
+    }
+
+    /// The program for an image: an exact match, or the image without its
+    /// tag.
+    pub fn program_for(&self, image: &str) -> Option<PathBuf> {
+        self.images.get(image).cloned().or_else(|| {
+            let untagged = image.rsplit_once(':').map(|(i, _)| i).unwrap_or(image);
+            self.images.get(untagged).cloned()
+        })
+    }
+}
+
+/// A container's state, as its task sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ContainerState {
+    running: bool,
+    ready: bool,
+    restarts: i32,
+    reason: String,
+    message: String,
+}
+
+/// Runs one pod until told to stop.
+pub async fn supervise(
+    ctx: Arc<Context>,
+    pod: v1::Pod,
+    ip: Ipv4Addr,
+    mut stop: watch::Receiver<Option<Stop>>,
+) {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let (ns, name) = (meta.namespace.clone(), meta.name.clone());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let identity = v1::IdentityRef {
+        namespace: ns.clone(),
+        set_name: pod.set_name.clone(),
+        ordinal: pod.ordinal,
+    };
+    let reporter = Reporter {
+        ctx: ctx.clone(),
+        pod: pod.clone(),
+        ip: IpAddr::V4(ip),
+    };
+    tracing::info!(pod = %format!("{ns}/{name}"), incarnation = pod.incarnation, %ip, "starting pod");
+    let dir = ctx.pod_dir(&ns, &name);
+    let _ = std::fs::create_dir_all(&dir);
+
+    // Volumes: claims attached through storage-svc, emptyDirs made here.
+    let mut volumes: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut attached: Vec<String> = Vec::new();
+    for volume in &spec.volumes {
+        if let Some(claim) = &volume.persistent_volume_claim {
+            loop {
+                let request = v1::AttachVolumeRequest {
+                    namespace: ns.clone(),
+                    claim_name: claim.claim_name.clone(),
+                    node: ctx.node.clone(),
+                    identity: Some(identity.clone()),
+                    incarnation: pod.incarnation,
+                };
+                match ctx.storage.clone().attach_volume(request).await {
+                    Ok(a) => {
+                        volumes.insert(volume.name.clone(), PathBuf::from(a.into_inner().path));
+                        attached.push(claim.claim_name.clone());
+                        break;
+                    }
+                    Err(status) => {
+                        reporter
+                            .report(&[ContainerState {
+                                reason: "ContainerCreating".into(),
+                                message: format!(
+                                    "attaching claim {}: {}",
+                                    claim.claim_name,
+                                    status.message()
+                                ),
+                                ..Default::default()
+                            }])
+                            .await;
+                        tokio::select! {
+                            _ = stop.changed() => {
+                                let how = *stop.borrow();
+                                finish(&ctx, &reporter, &identity, &attached, how).await;
+                                return;
+                            }
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        }
+                    }
+                }
+            }
+        } else if volume.empty_dir.is_some() {
+            let path = dir.join("volumes").join(&volume.name);
+            let _ = std::fs::create_dir_all(&path);
+            volumes.insert(volume.name.clone(), path);
+        }
+    }
+
+    // Containers.
+    let (state_tx, mut state_rx) =
+        watch::channel(vec![ContainerState::default(); spec.containers.len()]);
+    let state_tx = Arc::new(state_tx);
+    let mut tasks = tokio::task::JoinSet::new();
+    let (container_stop_tx, container_stop) = watch::channel::<Option<Stop>>(None);
+    for (index, container) in spec.containers.iter().enumerate() {
+        let launch = match launch_for(&ctx, &pod, container, &volumes, ip) {
+            Ok(launch) => launch,
+            Err(message) => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), container = %container.name, %message, "container cannot start");
+                state_tx.send_modify(|s| {
+                    s[index] = ContainerState {
+                        reason: "CreateContainerConfigError".into(),
+                        message,
+                        ..Default::default()
+                    }
+                });
+                continue;
+            }
+        };
+        let log = dir.join(format!("{}.log", container.name));
+        tasks.spawn(run_container(
+            ctx.clone(),
+            container.clone(),
+            launch,
+            log,
+            IpAddr::V4(ip),
+            index,
+            state_tx.clone(),
+            container_stop.clone(),
+            spec.termination_grace_period_seconds.unwrap_or(30),
+        ));
+    }
+    let mut last: Option<Vec<ContainerState>> = None;
+    let how = loop {
+        let now = state_rx.borrow_and_update().clone();
+        if last.as_ref() != Some(&now) {
+            reporter.report(&now).await;
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = stop.changed() => break *stop.borrow(),
+            changed = state_rx.changed() => if changed.is_err() { break None },
+        }
+    };
+    let _ = container_stop_tx.send(how);
+    while tasks.join_next().await.is_some() {}
+    finish(&ctx, &reporter, &identity, &attached, how).await;
+    tracing::info!(pod = %format!("{ns}/{name}"), incarnation = pod.incarnation, ?how, "pod stopped");
+}
+
+/// After the processes are gone: detach and release, unless fenced.
+async fn finish(
+    ctx: &Context,
+    reporter: &Reporter,
+    identity: &v1::IdentityRef,
+    attached: &[String],
+    how: Option<Stop>,
+) {
+    if how == Some(Stop::Fence) {
+        return;
+    }
+    let pod = &reporter.pod;
+    for claim in attached {
+        let request = v1::DetachVolumeRequest {
+            namespace: identity.namespace.clone(),
+            claim_name: claim.clone(),
+            identity: Some(identity.clone()),
+            incarnation: pod.incarnation,
+        };
+        if let Err(status) = ctx.storage.clone().detach_volume(request).await {
+            tracing::warn!(claim = %claim, %status, "detach failed; the attachment goes with the lease");
+        }
+    }
+    let release = v1::ReleaseIdentityRequest {
+        r#ref: Some(identity.clone()),
+        incarnation: pod.incarnation,
+    };
+    if let Err(status) = ctx.identities.clone().release_identity(release).await {
+        tracing::warn!(%status, "identity not released; it goes with the lease");
+    }
+}
+
+/// The command line, environment and mounts of one container.
+fn launch_for(
+    ctx: &Context,
+    pod: &v1::Pod,
+    container: &v1::Container,
+    volumes: &BTreeMap<String, PathBuf>,
+    ip: Ipv4Addr,
+) -> Result<Launch, String> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut argv = container.command.clone();
+    if argv.is_empty() {
+        let program = ctx.program_for(&container.image).ok_or_else(|| {
+            format!(
+                "image {:?} has no command and is not mapped to a program on node {}: start the agent with --image {}=/path/to/program",
+                container.image, ctx.node, container.image
+            )
+        })?;
+        argv.push(program.display().to_string());
+    }
+    argv.extend(container.args.iter().cloned());
+    let mut mounts = Vec::new();
+    for m in &container.volume_mounts {
+        let src = volumes
+            .get(&m.name)
+            .ok_or_else(|| format!("volume {:?} is not available on this node", m.name))?;
+        mounts.push((src.clone(), m.mount_path.clone()));
+    }
+    if !mounts.is_empty() && !ctx.namespaces {
+        return Err(format!(
+            "the node agent runs without namespace isolation (not root, or --isolation none), so volumes cannot be \
+             mounted at their mountPath ({}); run node-agent as root",
+            mounts
+                .iter()
+                .map(|(_, d)| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let hostname = if spec.hostname.is_empty() {
+        meta.name.clone()
+    } else {
+        spec.hostname.clone()
+    };
+    let mut env: BTreeMap<String, String> = container
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    env.insert("POD_NAME".into(), meta.name.clone());
+    env.insert("POD_NAMESPACE".into(), meta.namespace.clone());
+    env.insert("POD_IP".into(), ip.to_string());
+    env.insert("HOSTNAME".into(), hostname.clone());
+    env.entry("PATH".into()).or_insert_with(|| {
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    });
+    Ok(Launch {
+        argv,
+        env,
+        working_dir: (!container.working_dir.is_empty())
+            .then(|| PathBuf::from(&container.working_dir)),
+        hostname,
+        mounts,
+        namespaces: ctx.namespaces,
+    })
+}
+
+/// Sends SIGTERM, then SIGKILL after `grace`, and waits for the exit.
+async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
+    runtime::signal(child, Signal::TERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        runtime::signal(child, Signal::KILL);
+        let _ = child.wait().await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_container(
+    ctx: Arc<Context>,
+    container: v1::Container,
+    launch: Launch,
+    log: PathBuf,
+    ip: IpAddr,
+    index: usize,
+    state: Arc<watch::Sender<Vec<ContainerState>>>,
+    mut stop: watch::Receiver<Option<Stop>>,
+    grace: i64,
+) {
+    let grace = Duration::from_secs(grace.max(0) as u64);
+    let env: Vec<(String, String)> = launch.env.clone().into_iter().collect();
+    let mut backoff = Duration::ZERO;
+    let mut restarts = 0;
+    let set = |f: &dyn Fn(&mut ContainerState)| state.send_modify(|s| f(&mut s[index]));
+    loop {
+        if !backoff.is_zero() {
+            let message = format!(
+                "back-off {backoff:?} restarting failed container {}",
+                container.name
+            );
+            set(&|s| {
+                s.running = false;
+                s.ready = false;
+                s.reason = "CrashLoopBackOff".into();
+                s.message = message.clone();
+            });
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+        if log.exists() {
+            let _ = std::fs::rename(&log, log.with_extension("previous.log"));
+        }
+        let spawned = launch.command(&log).and_then(|mut c| c.spawn());
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let message = format!("cannot start {:?}: {e}", launch.argv.first());
+                set(&|s| {
+                    s.reason = "StartError".into();
+                    s.message = message.clone();
+                });
+                backoff = next_backoff(backoff, ctx.backoff);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let has_readiness = container.readiness_probe.is_some();
+        set(&|s| {
+            s.running = true;
+            s.ready = !has_readiness;
+            s.restarts = restarts;
+            s.reason.clear();
+            s.message.clear();
+        });
+        let (probe_tx, mut probes) = tokio::sync::mpsc::channel(4);
+        let mut probe_tasks = tokio::task::JoinSet::new();
+        for (kind, probe) in [
+            ("readiness", &container.readiness_probe),
+            ("liveness", &container.liveness_probe),
+        ] {
+            if let Some(probe) = probe.clone() {
+                let (tx, ports, env) = (probe_tx.clone(), container.ports.clone(), env.clone());
+                probe_tasks.spawn(probe_loop(kind, probe, ip, ports, env, tx));
+            }
+        }
+        let outcome = loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    let how = *stop.borrow();
+                    match how {
+                        Some(Stop::Fence) | None => {
+                            runtime::signal(&child, Signal::KILL);
+                            let _ = child.wait().await;
+                        }
+                        Some(Stop::Graceful(g)) => terminate(&mut child, g).await,
+                    }
+                    return;
+                }
+                status = child.wait() => break format!("exited with {}", status.map(|s| s.to_string()).unwrap_or_default()),
+                Some((kind, ok)) = probes.recv() => match kind {
+                    "readiness" => set(&|s| s.ready = ok),
+                    _ if !ok => {
+                        terminate(&mut child, grace).await;
+                        break "failed its liveness probe".to_string();
+                    }
+                    _ => {}
+                },
+            }
+        };
+        probe_tasks.abort_all();
+        restarts += 1;
+        tracing::info!(container = %container.name, log = %log.display(), %outcome, restarts, "container ended; restarting");
+        let message = format!("container {} {outcome}", container.name);
+        set(&|s| {
+            s.running = false;
+            s.ready = false;
+            s.restarts = restarts;
+            s.reason = "Error".into();
+            s.message = message.clone();
+        });
+        backoff = if started.elapsed() > BACKOFF_RESET || restarts == 1 {
+            Duration::ZERO
+        } else {
+            next_backoff(backoff, ctx.backoff)
+        };
+    }
+}
+
+fn next_backoff(current: Duration, base: Duration) -> Duration {
+    if current.is_zero() {
+        base
+    } else {
+        (current * 2).min(MAX_BACKOFF)
+    }
+}
+
+/// Runs a probe on its schedule and sends `(kind, passing)` when its
+/// verdict changes (after `successThreshold` / `failureThreshold`).
+async fn probe_loop(
+    kind: &'static str,
+    probe: v1::Probe,
+    ip: IpAddr,
+    ports: Vec<v1::ContainerPort>,
+    env: Vec<(String, String)>,
+    verdicts: tokio::sync::mpsc::Sender<(&'static str, bool)>,
+) {
+    let period = Duration::from_secs(probe.period_seconds.max(1) as u64);
+    tokio::time::sleep(Duration::from_secs(
+        probe.initial_delay_seconds.max(0) as u64
+    ))
+    .await;
+    let (mut successes, mut failures) = (0, 0);
+    let mut verdict: Option<bool> = None;
+    loop {
+        match probes::run(&probe, ip, &ports, &env).await {
+            Outcome::Success => {
+                successes += 1;
+                failures = 0;
+                if successes >= probe.success_threshold.max(1) && verdict != Some(true) {
+                    verdict = Some(true);
+                    if verdicts.send((kind, true)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Outcome::Failure(why) => {
+                failures += 1;
+                successes = 0;
+                tracing::debug!(kind, %why, failures, "probe failed");
+                if failures >= probe.failure_threshold.max(1) && verdict != Some(false) {
+                    verdict = Some(false);
+                    if verdicts.send((kind, false)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Reports a pod's state to scheduler-svc and identity-svc.
+struct Reporter {
+    ctx: Arc<Context>,
+    pod: v1::Pod,
+    ip: IpAddr,
+}
+
+impl Reporter {
+    async fn report(&self, containers: &[ContainerState]) {
+        let meta = self.pod.metadata.clone().unwrap_or_default();
+        let running = !containers.is_empty() && containers.iter().all(|c| c.running);
+        let ready = running && containers.iter().all(|c| c.ready);
+        let waiting = containers.iter().find(|c| !c.reason.is_empty());
+        let status = v1::PodStatus {
+            phase: if running { "Running" } else { "Pending" }.into(),
+            ready,
+            pod_ip: self.ip.to_string(),
+            restart_count: containers.iter().map(|c| c.restarts).sum(),
+            reason: waiting.map(|c| c.reason.clone()).unwrap_or_default(),
+            message: waiting.map(|c| c.message.clone()).unwrap_or_default(),
+            ..Default::default()
+        };
+        let request = v1::ReportPodStatusRequest {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            incarnation: self.pod.incarnation,
+            status: Some(status),
+        };
+        if let Err(status) = self.ctx.nodes.clone().report_pod_status(request).await {
+            tracing::warn!(pod = %meta.name, %status, "status report refused");
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .map(|p| v1::EndpointPort {
+                name: p.name.clone(),
+                port: p.container_port,
+                protocol: p.protocol.clone(),
+            })
+            .collect();
+        let endpoint = v1::ReportEndpointRequest {
+            r#ref: Some(v1::IdentityRef {
+                namespace: meta.namespace.clone(),
+                set_name: self.pod.set_name.clone(),
+                ordinal: self.pod.ordinal,
+            }),
+            incarnation: self.pod.incarnation,
+            address: self.ip.to_string(),
+            ports,
+            ready,
+            labels: meta.labels.clone(),
+        };
+        if let Err(status) = self.ctx.identities.clone().report_endpoint(endpoint).await {
+            tracing::warn!(pod = %meta.name, %status, "endpoint report refused");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Readiness and liveness probes, with Kubernetes' semantics: `httpGet`
+//! succeeds on a status from 200 to 399, `tcpSocket` when a connection
+//! opens, `exec` when the command exits 0; each within `timeoutSeconds`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use petset_proto::v1;
+use tokio::net::TcpStream;
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It passed.
+    Success,
+    /// It failed, and why.
+    Failure(String),
+}
+
+/// Resolves a probe's port: a number or a container port's name.
+pub fn port(text: &str, ports: &[v1::ContainerPort]) -> Option<u16> {
+    text.parse::<u16>().ok().or_else(|| {
+        ports
+            .iter()
+            .find(|p| p.name == text)
+            .map(|p| p.container_port as u16)
+    })
+}
+
+/// Runs `probe` once against a pod at `ip` whose container has `ports`.
+pub async fn run(
+    probe: &v1::Probe,
+    ip: IpAddr,
+    ports: &[v1::ContainerPort],
+    env: &[(String, String)],
+) -> Outcome {
+    let timeout = Duration::from_secs(probe.timeout_seconds.max(1) as u64);
+    match tokio::time::timeout(timeout, attempt(probe, ip, ports, env)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failure(format!("timed out after {timeout:?}")),
+    }
+}
+
+async fn attempt(
+    probe: &v1::Probe,
+    ip: IpAddr,
+    ports: &[v1::ContainerPort],
+    env: &[(String, String)],
+) -> Outcome {
+    if let Some(http) = &probe.http_get {
+        let Some(p) = port(&http.port, ports) else {
+            return Outcome::Failure(format!("port {:?} is not a container port", http.port));
+        };
+        let host = http.host.parse().unwrap_or(ip);
+        return http_get(SocketAddr::new(host, p), &http.path).await;
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let Some(p) = port(&tcp.port, ports) else {
+            return Outcome::Failure(format!("port {:?} is not a container port", tcp.port));
+        };
+        return match TcpStream::connect(SocketAddr::new(ip, p)).await {
+            Ok(_) => Outcome::Success,
+            Err(e) => Outcome::Failure(format!("dial tcp {ip}:{p}: {e}")),
+        };
+    }
+    if let Some(exec) = &probe.exec {
+        let Some((program, args)) = exec.command.split_first() else {
+            return Outcome::Failure("empty command".into());
+        };
+        return match tokio::process::Command::new(program)
+            .args(args)
+            .envs(env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+        {
+            Ok(status) if status.success() => Outcome::Success,
+            Ok(status) => Outcome::Failure(format!("command exited with {status}")),
+            Err(e) => Outcome::Failure(format!("command could not run: {e}")),
+        };
+    }
+    Outcome::Failure("the probe has no handler".into())
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Outcome {
+    let stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failure(format!("Get \"http://{addr}{path}\": dial tcp: {e}")),
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(e) => return Outcome::Failure(format!("Get \"http://{addr}{path}\": {e}")),
+        };
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "petset-probe/1")
+        .body(Empty::<Bytes>::new());
+    let Ok(request) = request else {
+        return Outcome::Failure(format!("bad probe path {path:?}"));
+    };
+    match sender.send_request(request).await {
+        Ok(response) if (200..400).contains(&response.status().as_u16()) => Outcome::Success,
+        Ok(response) => Outcome::Failure(format!(
+            "HTTP probe failed with statuscode: {}",
+            response.status().as_u16()
+        )),
+        Err(e) => Outcome::Failure(format!("Get \"http://{addr}{path}\": {e}")),
+    }
+}

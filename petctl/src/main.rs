@@ -1,0 +1,537 @@
+//! petctl: petset's command line, in the habits of kubectl.
+//!
+//! It talks to scheduler-svc (`--server`, `PETSET_SERVER`, default
+//! `127.0.0.1:50051`) and finds identity-svc and storage-svc through it.
+//! Exit codes: 0 success, 1 the request failed (the message says why and
+//! what to do), 2 bad usage.
+//!
+//! # Layout
+//! - [`manifest`]: reading Kubernetes YAML.
+//! - [`output`]: tables and Kubernetes-shaped JSON/YAML.
+
+mod manifest;
+mod output;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use petset_proto::v1;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::manifest::Object;
+use crate::output::Format;
+
+/// petctl controls petset, as kubectl controls Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "petctl", version, about)]
+struct Cli {
+    /// scheduler-svc's address.
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        env = "PETSET_SERVER",
+        default_value = "127.0.0.1:50051"
+    )]
+    server: String,
+    /// The namespace.
+    #[arg(long, short = 'n', global = true, default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates or updates objects from manifests (files, folders, `-`).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Lists objects: statefulsets (sts), pods (po), pvc, pv, nodes, services (svc), storageclasses (sc).
+    Get {
+        resource: String,
+        name: Option<String>,
+        /// wide, json or yaml.
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Shows an object in detail.
+    Describe { resource: String, name: String },
+    /// Sets a StatefulSet's replicas: `scale sts NAME --replicas=N`.
+    Scale {
+        resource: String,
+        name: String,
+        #[arg(long)]
+        replicas: i32,
+    },
+    /// Deletes objects: `delete sts|po|pvc|pv|svc|sc NAME`.
+    Delete {
+        resource: String,
+        name: String,
+        /// Pods: remove at once without waiting for the node agent.
+        #[arg(long)]
+        force: bool,
+        /// Pods: seconds before SIGKILL.
+        #[arg(long)]
+        grace_period: Option<i64>,
+    },
+    /// Prints a pod's logs.
+    Logs {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(long)]
+        tail: Option<i64>,
+        /// The previous run (before the last restart).
+        #[arg(short = 'p', long)]
+        previous: bool,
+    },
+    /// Rollouts of a StatefulSet: `rollout status|history sts NAME`.
+    Rollout {
+        action: String,
+        resource: String,
+        name: String,
+        /// status: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+/// Connections to the services.
+struct Clients {
+    scheduler: Channel,
+    namespace: String,
+}
+
+impl Clients {
+    fn connect(server: &str, namespace: &str) -> Result<Clients> {
+        let url = if server.contains("://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        };
+        let scheduler = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("--server {server:?} is not an address"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Clients {
+            scheduler,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    fn sets(&self) -> v1::stateful_sets_client::StatefulSetsClient<Channel> {
+        v1::stateful_sets_client::StatefulSetsClient::new(self.scheduler.clone())
+    }
+
+    fn pods(&self) -> v1::pods_client::PodsClient<Channel> {
+        v1::pods_client::PodsClient::new(self.scheduler.clone())
+    }
+
+    fn nodes(&self) -> v1::nodes_client::NodesClient<Channel> {
+        v1::nodes_client::NodesClient::new(self.scheduler.clone())
+    }
+
+    async fn info(&self) -> Result<v1::ClusterInfo> {
+        Ok(
+            v1::cluster_client::ClusterClient::new(self.scheduler.clone())
+                .get_cluster_info(v1::GetClusterInfoRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner(),
+        )
+    }
+
+    async fn storage(&self) -> Result<v1::storage_client::StorageClient<Channel>> {
+        let info = self.info().await?;
+        Ok(v1::storage_client::StorageClient::new(
+            Endpoint::from_shared(info.storage_addr)?.connect_lazy(),
+        ))
+    }
+
+    async fn services(&self) -> Result<v1::services_client::ServicesClient<Channel>> {
+        let info = self.info().await?;
+        Ok(v1::services_client::ServicesClient::new(
+            Endpoint::from_shared(info.identity_addr)?.connect_lazy(),
+        ))
+    }
+}
+
+/// Turns a gRPC error into a message a person can act on.
+fn explain(status: tonic::Status) -> anyhow::Error {
+    use tonic_types_free::details;
+    match status.code() {
+        tonic::Code::Unavailable => anyhow!(
+            "cannot reach petset ({}): is it running? Start it with scripts/up, or point --server / PETSET_SERVER at scheduler-svc",
+            status.message()
+        ),
+        tonic::Code::NotFound => anyhow!("Error from server (NotFound): {}", status.message()),
+        tonic::Code::AlreadyExists => {
+            anyhow!("Error from server (AlreadyExists): {}", status.message())
+        }
+        tonic::Code::InvalidArgument => {
+            anyhow!("Error from server (Invalid): {}", details(&status))
+        }
+        tonic::Code::FailedPrecondition => {
+            anyhow!("Error from server (Conflict): {}", status.message())
+        }
+        tonic::Code::Aborted => anyhow!(
+            "Error from server (Conflict): {}; read the object again and retry",
+            status.message()
+        ),
+        _ => anyhow!(
+            "Error from server ({:?}): {}",
+            status.code(),
+            status.message()
+        ),
+    }
+}
+
+mod tonic_types_free {
+    /// The status message (it lists every broken field and rule).
+    pub fn details(status: &tonic::Status) -> String {
+        status
+            .message()
+            .trim_start_matches("invalid argument: ")
+            .to_string()
+    }
+}
+
+fn resource(name: &str) -> Result<&'static str> {
+    Ok(match name.to_lowercase().as_str() {
+        "sts" | "statefulset" | "statefulsets" | "statefulset.apps" => "statefulsets",
+        "po" | "pod" | "pods" => "pods",
+        "pvc" | "persistentvolumeclaim" | "persistentvolumeclaims" => "pvc",
+        "pv" | "persistentvolume" | "persistentvolumes" => "pv",
+        "no" | "node" | "nodes" => "nodes",
+        "svc" | "service" | "services" => "services",
+        "sc" | "storageclass" | "storageclasses" => "storageclasses",
+        other => bail!(
+            "the server doesn't have a resource type {other:?}; petset has statefulsets (sts), pods (po), pvc, pv, nodes, services (svc), storageclasses (sc)"
+        ),
+    })
+}
+
+async fn apply(c: &Clients, files: &[String]) -> Result<()> {
+    let manifests = manifest::read(files)?;
+    for w in &manifests.warnings {
+        eprintln!("{w}");
+    }
+    for object in manifests.objects {
+        let what = object.describe();
+        match object {
+            Object::StatefulSet(mut s) => {
+                default_namespace(&mut s.metadata, &c.namespace);
+                c.sets()
+                    .apply_stateful_set(v1::ApplyStatefulSetRequest {
+                        stateful_set: Some(s),
+                    })
+                    .await
+                    .map_err(explain)?;
+            }
+            Object::Service(mut s) => {
+                default_namespace(&mut s.metadata, &c.namespace);
+                c.services()
+                    .await?
+                    .apply_service(v1::ApplyServiceRequest { service: Some(s) })
+                    .await
+                    .map_err(explain)?;
+            }
+            Object::Claim(mut claim) => {
+                default_namespace(&mut claim.metadata, &c.namespace);
+                c.storage()
+                    .await?
+                    .apply_claim(v1::ApplyClaimRequest { claim: Some(claim) })
+                    .await
+                    .map_err(explain)?;
+            }
+            Object::Volume(v) => {
+                c.storage()
+                    .await?
+                    .apply_volume(v1::ApplyVolumeRequest { volume: Some(v) })
+                    .await
+                    .map_err(explain)?;
+            }
+            Object::StorageClass(sc) => {
+                c.storage()
+                    .await?
+                    .apply_storage_class(v1::ApplyStorageClassRequest {
+                        storage_class: Some(sc),
+                    })
+                    .await
+                    .map_err(explain)?;
+            }
+        }
+        println!("{what} configured");
+    }
+    Ok(())
+}
+
+fn default_namespace(meta: &mut Option<v1::ObjectMeta>, namespace: &str) {
+    let meta = meta.get_or_insert_with(Default::default);
+    if meta.namespace.is_empty() {
+        meta.namespace = namespace.to_string();
+    }
+}
+
+async fn scale(c: &Clients, kind: &str, name: &str, replicas: i32) -> Result<()> {
+    if resource(kind)? != "statefulsets" {
+        bail!("petset scales statefulsets only: petctl scale sts {name} --replicas={replicas}");
+    }
+    c.sets()
+        .scale_stateful_set(v1::ScaleStatefulSetRequest {
+            namespace: c.namespace.clone(),
+            name: name.into(),
+            replicas,
+        })
+        .await
+        .map_err(explain)?;
+    println!("statefulset.apps/{name} scaled");
+    Ok(())
+}
+
+async fn delete(
+    c: &Clients,
+    kind: &str,
+    name: &str,
+    force: bool,
+    grace: Option<i64>,
+) -> Result<()> {
+    let ns = c.namespace.clone();
+    match resource(kind)? {
+        "statefulsets" => {
+            c.sets()
+                .delete_stateful_set(v1::DeleteStatefulSetRequest {
+                    namespace: ns,
+                    name: name.into(),
+                })
+                .await
+                .map_err(explain)?;
+            println!("statefulset.apps \"{name}\" deleted");
+        }
+        "pods" => {
+            let r = c
+                .pods()
+                .delete_pod(v1::DeletePodRequest {
+                    namespace: ns,
+                    name: name.into(),
+                    force,
+                    grace_period_seconds: grace,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if !r.warning.is_empty() {
+                eprintln!("Warning: {}", r.warning);
+            }
+            println!("pod \"{name}\" deleted");
+        }
+        "pvc" => {
+            c.storage()
+                .await?
+                .delete_claim(v1::DeleteClaimRequest {
+                    namespace: ns,
+                    name: name.into(),
+                })
+                .await
+                .map_err(explain)?;
+            println!("persistentvolumeclaim \"{name}\" deleted");
+        }
+        "pv" => {
+            c.storage()
+                .await?
+                .delete_volume(v1::DeleteVolumeRequest { name: name.into() })
+                .await
+                .map_err(explain)?;
+            println!("persistentvolume \"{name}\" deleted");
+        }
+        "services" => {
+            c.services()
+                .await?
+                .delete_service(v1::DeleteServiceRequest {
+                    namespace: ns,
+                    name: name.into(),
+                })
+                .await
+                .map_err(explain)?;
+            println!("service \"{name}\" deleted");
+        }
+        "storageclasses" => {
+            c.storage()
+                .await?
+                .delete_storage_class(v1::DeleteStorageClassRequest { name: name.into() })
+                .await
+                .map_err(explain)?;
+            println!("storageclass.storage.k8s.io \"{name}\" deleted");
+        }
+        _ => bail!("nodes leave when their agent stops; they cannot be deleted"),
+    }
+    Ok(())
+}
+
+async fn logs(
+    c: &Clients,
+    pod: &str,
+    container: Option<String>,
+    tail: Option<i64>,
+    previous: bool,
+) -> Result<()> {
+    let p = c
+        .pods()
+        .get_pod(v1::GetPodRequest {
+            namespace: c.namespace.clone(),
+            name: pod.into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let nodes = c
+        .nodes()
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .nodes;
+    let node = nodes
+        .iter()
+        .find(|n| n.name == p.node_name)
+        .ok_or_else(|| {
+            anyhow!(
+                "pod {pod} is on node {}, which is not registered",
+                p.node_name
+            )
+        })?;
+    if node.agent_endpoint.is_empty() {
+        bail!(
+            "node {} does not serve logs (its agent gave no address)",
+            node.name
+        );
+    }
+    let channel = Endpoint::from_shared(format!("http://{}", node.agent_endpoint))?.connect_lazy();
+    let r = v1::node_agent_client::NodeAgentClient::new(channel)
+        .pod_logs(v1::PodLogsRequest {
+            namespace: c.namespace.clone(),
+            name: pod.into(),
+            container: container.unwrap_or_default(),
+            tail_lines: tail.unwrap_or(0),
+            previous,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    print!("{}", r.text);
+    Ok(())
+}
+
+async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64) -> Result<()> {
+    if resource(kind)? != "statefulsets" {
+        bail!("rollout works on statefulsets: petctl rollout {action} sts {name}");
+    }
+    match action {
+        "history" => {
+            let revisions = c
+                .sets()
+                .list_revisions(v1::ListRevisionsRequest {
+                    namespace: c.namespace.clone(),
+                    name: name.into(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .revisions;
+            println!("statefulset.apps/{name}");
+            println!("{:<10}{}", "REVISION", "NAME");
+            for r in revisions {
+                println!("{:<10}{}", r.revision, r.name);
+            }
+            Ok(())
+        }
+        "status" => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            let mut last = String::new();
+            loop {
+                let set = c
+                    .sets()
+                    .get_stateful_set(v1::GetStatefulSetRequest {
+                        namespace: c.namespace.clone(),
+                        name: name.into(),
+                    })
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                let (line, done) = output::rollout_line(&set);
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
+                if done {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("timed out waiting for the rollout of statefulset {name} ({timeout} s)");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        other => bail!("unknown rollout action {other:?}: use status or history"),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let c = Clients::connect(&cli.server, &cli.namespace)?;
+    match cli.command {
+        Command::Apply { files } => apply(&c, &files).await,
+        Command::Get {
+            resource: r,
+            name,
+            output,
+            all_namespaces,
+        } => {
+            let format = Format::parse(output.as_deref())?;
+            let ns = if all_namespaces {
+                String::new()
+            } else {
+                c.namespace.clone()
+            };
+            output::get(&c, resource(&r)?, name.as_deref(), &ns, format).await
+        }
+        Command::Describe { resource: r, name } => output::describe(&c, resource(&r)?, &name).await,
+        Command::Scale {
+            resource: r,
+            name,
+            replicas,
+        } => scale(&c, &r, &name, replicas).await,
+        Command::Delete {
+            resource: r,
+            name,
+            force,
+            grace_period,
+        } => delete(&c, &r, &name, force, grace_period).await,
+        Command::Logs {
+            pod,
+            container,
+            tail,
+            previous,
+        } => logs(&c, &pod, container, tail, previous).await,
+        Command::Rollout {
+            action,
+            resource: r,
+            name,
+            timeout,
+        } => rollout(&c, &action, &r, &name, timeout).await,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
