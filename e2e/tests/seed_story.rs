@@ -1,0 +1,375 @@
+//! The seed's story, end to end, with the real binaries as a user runs them:
+//! `scripts/up` brings up etcd, the three services and three node agents and
+//! applies the kubia example; then petctl, curl, dig and grpcurl replay the
+//! seed: ordered start, data on a pod's own volume, scale down and up with
+//! the claim kept, DNS SRV records of the ready pods, a killed process
+//! restarted, a killed node agent's pods running again elsewhere, and the
+//! claims kept after the set is deleted. Stopping leaves nothing running.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use petset_e2e::{binary, free_port, repo_root, run};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+struct Stack {
+    server: String,
+    dns: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    fn petctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--server", &self.server];
+        all.extend_from_slice(args);
+        run(binary("petctl").to_str().unwrap(), &all)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.petctl(&all)).expect("petctl prints JSON")
+    }
+
+    /// Pods by name: (ready, podIP, node, restarts, uid).
+    fn pods(&self) -> Vec<(String, bool, String, String, i64)> {
+        let list = self.json(&["get", "pods"]);
+        let mut out: Vec<_> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    p["status"]["conditions"][0]["status"] == "True"
+                        && p["metadata"]["deletionTimestamp"].is_null(),
+                    p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn wait_ready(&self, names: &[&str]) -> Vec<(String, bool, String, String, i64)> {
+        wait_until(&format!("pods {names:?} Ready"), || {
+            let pods = self.pods();
+            let ok = pods.iter().map(|p| p.0.as_str()).collect::<Vec<_>>() == names
+                && pods.iter().all(|p| p.1);
+            ok.then_some(pods)
+        })
+    }
+
+    fn srv(&self) -> Vec<String> {
+        let out = run(
+            "dig",
+            &[
+                "@127.0.0.1",
+                "-p",
+                &self.dns.to_string(),
+                "+short",
+                "SRV",
+                "_http._tcp.kubia.default.svc.cluster.local",
+            ],
+        );
+        let mut targets: Vec<String> = out
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .collect();
+        targets.sort();
+        targets
+    }
+}
+
+fn curl(args: &[&str]) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3"])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pod_ip<'a>(
+    pods: &'a [(String, bool, String, String, i64)],
+    name: &str,
+) -> &'a (String, bool, String, String, i64) {
+    pods.iter().find(|p| p.0 == name).unwrap()
+}
+
+/// The pid of a pod's kubia-pet process (by its POD_NAME and POD_IP).
+fn process_of(name: &str, ip: &str) -> Option<String> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let (Ok(env), Ok(cmd)) = (
+            std::fs::read(entry.path().join("environ")),
+            std::fs::read(entry.path().join("cmdline")),
+        ) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&env);
+        if String::from_utf8_lossy(&cmd).starts_with(binary("kubia-pet").to_str()?)
+            && env.split('\0').any(|v| v == format!("POD_NAME={name}"))
+            && env.split('\0').any(|v| v == format!("POD_IP={ip}"))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_seed_story_with_the_real_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (etcd, identity, dns, storage, scheduler, agents) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let mut up = Command::new(repo_root().join("scripts/up"))
+        .env("PETSET_STACK_DIR", dir.path())
+        .env("PETSET_ETCD_PORT", etcd.to_string())
+        .env("PETSET_IDENTITY_PORT", identity.to_string())
+        .env("PETSET_DNS_PORT", dns.to_string())
+        .env("PETSET_STORAGE_PORT", storage.to_string())
+        .env("PETSET_SCHEDULER_PORT", scheduler.to_string())
+        .env("PETSET_AGENT_PORT", agents.to_string())
+        .env("PETSET_NODE_LEASE_TTL", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !dir.path().join("ready").exists() {
+        if let Ok(Some(status)) = up.try_wait() {
+            panic!("scripts/up exited early with {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "scripts/up was not ready in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stack = Stack {
+        server: format!("127.0.0.1:{scheduler}"),
+        dns,
+        dir,
+    };
+
+    // Every service answers grpcurl (reflection v1alpha) and health.
+    for (port, service) in [
+        (scheduler, "petset.v1.StatefulSets"),
+        (identity, "petset.v1.Identities"),
+        (storage, "petset.v1.Storage"),
+    ] {
+        let listed = run(
+            "grpcurl",
+            &["-plaintext", &format!("127.0.0.1:{port}"), "list"],
+        );
+        assert!(
+            listed.lines().any(|l| l == service) && listed.contains("grpc.health.v1.Health"),
+            "{listed}"
+        );
+    }
+
+    // kubia with 2 replicas: kubia-0 was Ready before kubia-1 was created.
+    let two = stack.wait_ready(&["kubia-0", "kubia-1"]);
+    let pods = stack.json(&["get", "pods"]);
+    let item = |name: &str| {
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let ready0 = item("kubia-0")["status"]["conditions"][0]["lastTransitionTime"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created1 = item("kubia-1")["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ready0 <= created1,
+        "kubia-0 Ready at {ready0}, kubia-1 created at {created1}"
+    );
+    assert_ne!(
+        pod_ip(&two, "kubia-0").3,
+        pod_ip(&two, "kubia-1").3,
+        "spread over nodes"
+    );
+    assert_eq!(
+        stack.srv(),
+        [
+            "kubia-0.kubia.default.svc.cluster.local.",
+            "kubia-1.kubia.default.svc.cluster.local."
+        ]
+    );
+
+    // POST to kubia-1: the data goes to its own volume.
+    let ip1 = pod_ip(&two, "kubia-1").2.clone();
+    let stored = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        "Hey there! This greeting was submitted to kubia-1.",
+        &format!("http://{ip1}:8080/"),
+    ])
+    .unwrap();
+    assert_eq!(stored, "Data stored on pod kubia-1\n");
+    let claim1 = stack.json(&["get", "pvc", "data-kubia-1"]);
+    let (uid1, volume1) = (
+        claim1["metadata"]["uid"].clone(),
+        claim1["spec"]["volumeName"].clone(),
+    );
+
+    // Scale to 1: kubia-1 goes; data-kubia-1 stays Bound.
+    stack.petctl(&["scale", "sts", "kubia", "--replicas=1"]);
+    stack.wait_ready(&["kubia-0"]);
+    let kept = stack.json(&["get", "pvc", "data-kubia-1"]);
+    assert_eq!(kept["status"]["phase"], "Bound");
+    wait_until("DNS to drop kubia-1", || {
+        (stack.srv() == ["kubia-0.kubia.default.svc.cluster.local."]).then_some(())
+    });
+
+    // Scale to 3: kubia-1 is back on the same claim and volume, with its
+    // data; kubia-2 gets a new claim.
+    stack.petctl(&["scale", "sts", "kubia", "--replicas=3"]);
+    let three = stack.wait_ready(&["kubia-0", "kubia-1", "kubia-2"]);
+    let again = stack.json(&["get", "pvc", "data-kubia-1"]);
+    assert_eq!(
+        (
+            again["metadata"]["uid"].clone(),
+            again["spec"]["volumeName"].clone()
+        ),
+        (uid1, volume1.clone())
+    );
+    let ip1 = pod_ip(&three, "kubia-1").2.clone();
+    let answer = curl(&[&format!("http://{ip1}:8080/")]).unwrap();
+    assert_eq!(
+        answer,
+        "You've hit kubia-1\nData stored on this pod: Hey there! This greeting was submitted to kubia-1.\n"
+    );
+    let claim2 = stack.json(&["get", "pvc", "data-kubia-2"]);
+    assert_eq!(claim2["status"]["phase"], "Bound");
+    assert_ne!(claim2["spec"]["volumeName"], volume1);
+    wait_until("DNS to list the three ready pods", || {
+        (stack.srv()
+            == [
+                "kubia-0.kubia.default.svc.cluster.local.",
+                "kubia-1.kubia.default.svc.cluster.local.",
+                "kubia-2.kubia.default.svc.cluster.local.",
+            ])
+        .then_some(())
+    });
+
+    // Killing a pod's process: the agent starts it again.
+    let ip0 = pod_ip(&three, "kubia-0").2.clone();
+    let pid = process_of("kubia-0", &ip0).expect("kubia-0 runs as a process");
+    run("kill", &["-KILL", &pid]);
+    wait_until("kubia-0 restarted", || {
+        let pods = stack.pods();
+        let p = pod_ip(&pods, "kubia-0");
+        (p.4 >= 1
+            && p.1
+            && curl(&[&format!("http://{ip0}:8080/")])
+                .is_some_and(|a| a.starts_with("You've hit kubia-0")))
+        .then_some(())
+    });
+    assert!(
+        stack
+            .petctl(&["logs", "kubia-0"])
+            .contains("Kubia server starting")
+    );
+
+    // Killing kubia-1's node agent: kubia-1 stops with it, and once the
+    // node's lease expired it runs again on another node, on its volume.
+    let node1 = pod_ip(&three, "kubia-1").3.clone();
+    let agent = std::fs::read_to_string(stack.dir.path().join(format!("{node1}.pid"))).unwrap();
+    run("kill", &["-KILL", agent.trim()]);
+    wait_until("kubia-1's process to stop with its agent", || {
+        process_of("kubia-1", &ip1).is_none().then_some(())
+    });
+    let moved = wait_until("kubia-1 Ready on another node", || {
+        let pods = stack.pods();
+        let p = pod_ip(&pods, "kubia-1").clone();
+        (p.1 && p.3 != node1).then_some(p)
+    });
+    let answer = curl(&[&format!("http://{}:8080/", moved.2)]).unwrap();
+    assert!(answer.contains("submitted to kubia-1"), "{answer}");
+    let nodes = stack.petctl(&["get", "nodes"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&node1) && l.contains("NotReady")),
+        "{nodes}"
+    );
+
+    // Deleting the set keeps the claims.
+    stack.petctl(&["delete", "sts", "kubia"]);
+    wait_until("the set and its pods to be gone", || {
+        let sets = stack.json(&["get", "sts"]);
+        (sets["items"].as_array().unwrap().is_empty() && stack.pods().is_empty()).then_some(())
+    });
+    let claims = stack.json(&["get", "pvc"]);
+    let phases: Vec<&str> = claims["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"]["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["Bound", "Bound", "Bound"]);
+
+    // Stopping (what Ctrl-C does) leaves no process behind.
+    let pids = std::fs::read_to_string(stack.dir.path().join("pids")).unwrap();
+    run("kill", &["-INT", &up.id().to_string()]);
+    up.wait().unwrap();
+    for pid in pids.lines().filter(|p| !p.is_empty()) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} outlived scripts/up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(
+        process_of("kubia-0", &ip0).is_none(),
+        "no pod outlives the stack"
+    );
+}
