@@ -7,7 +7,7 @@
 //! - [`pods`]: one pod's life: attach, run, probe, restart, report, stop.
 //! - [`runtime`]: a container as a process (namespaces, mounts, signals).
 //! - [`probes`]: readiness and liveness probes.
-//! - [`config`]: settings.
+//! - [`config`]: the agent's settings (flags and environment).
 //!
 //! # Guarantees
 //! - The lease is renewed every third of its TTL. When no renewal has

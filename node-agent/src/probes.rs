@@ -115,3 +115,107 @@ async fn http_get(addr: SocketAddr, path: &str) -> Outcome {
         Err(e) => Outcome::Failure(format!("Get \"http://{addr}{path}\": {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn http(port: &str, path: &str) -> v1::Probe {
+        v1::Probe {
+            http_get: Some(v1::HttpGetAction {
+                path: path.into(),
+                port: port.into(),
+                ..Default::default()
+            }),
+            timeout_seconds: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A server answering every request with `status`.
+    async fn server(status: u16) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_probes_pass_on_2xx_and_3xx_only() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ports = [v1::ContainerPort {
+            name: "http".into(),
+            container_port: server(200).await as i32,
+            ..Default::default()
+        }];
+        assert_eq!(
+            run(&http("http", "/"), ip, &ports, &[]).await,
+            Outcome::Success,
+            "by port name"
+        );
+        let redirect = server(302).await.to_string();
+        assert_eq!(
+            run(&http(&redirect, "/"), ip, &[], &[]).await,
+            Outcome::Success
+        );
+        let failing = server(500).await.to_string();
+        let Outcome::Failure(why) = run(&http(&failing, "/healthz"), ip, &[], &[]).await else {
+            panic!("500 passed")
+        };
+        assert!(why.contains("statuscode: 500"), "{why}");
+        let Outcome::Failure(why) = run(&http("nope", "/"), ip, &ports, &[]).await else {
+            panic!()
+        };
+        assert!(why.contains("not a container port"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn tcp_and_exec_probes() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let open = server(200).await.to_string();
+        let tcp = |port: &str| v1::Probe {
+            tcp_socket: Some(v1::TcpSocketAction { port: port.into() }),
+            timeout_seconds: 1,
+            ..Default::default()
+        };
+        assert_eq!(run(&tcp(&open), ip, &[], &[]).await, Outcome::Success);
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port().to_string()
+        };
+        assert!(matches!(
+            run(&tcp(&closed), ip, &[], &[]).await,
+            Outcome::Failure(_)
+        ));
+        let exec = |cmd: &[&str]| v1::Probe {
+            exec: Some(v1::ExecAction {
+                command: cmd.iter().map(|s| s.to_string()).collect(),
+            }),
+            timeout_seconds: 1,
+            ..Default::default()
+        };
+        let env = [("READY".to_string(), "yes".to_string())];
+        assert_eq!(
+            run(&exec(&["sh", "-c", "test \"$READY\" = yes"]), ip, &[], &env).await,
+            Outcome::Success
+        );
+        assert!(matches!(
+            run(&exec(&["false"]), ip, &[], &env).await,
+            Outcome::Failure(_)
+        ));
+        let Outcome::Failure(why) = run(&exec(&["sleep", "5"]), ip, &[], &env).await else {
+            panic!()
+        };
+        assert!(why.contains("timed out"), "{why}");
+    }
+}

@@ -229,7 +229,7 @@ async fn apply(c: &Clients, files: &[String]) -> Result<()> {
                 default_namespace(&mut s.metadata, &c.namespace);
                 c.sets()
                     .apply_stateful_set(v1::ApplyStatefulSetRequest {
-                        stateful_set: Some(s),
+                        stateful_set: Some(*s),
                     })
                     .await
                     .map_err(explain)?;
@@ -445,7 +445,7 @@ async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64
                 .into_inner()
                 .revisions;
             println!("statefulset.apps/{name}");
-            println!("{:<10}{}", "REVISION", "NAME");
+            println!("{:<10}NAME", "REVISION");
             for r in revisions {
                 println!("{:<10}{}", r.revision, r.name);
             }

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone)]
 pub enum Object {
     /// `apps/v1` StatefulSet.
-    StatefulSet(v1::StatefulSet),
+    StatefulSet(Box<v1::StatefulSet>),
     /// `v1` Service.
     Service(v1::Service),
     /// `v1` PersistentVolume.
@@ -218,11 +218,11 @@ fn object(doc: Value, at: &str, out: &mut Manifests) -> Result<()> {
         "StatefulSet" => {
             let mut spec = map.remove("spec").unwrap_or(Value::Null);
             strip_ignored(&mut spec, "spec", &at, out);
-            Object::StatefulSet(v1::StatefulSet {
+            Object::StatefulSet(Box::new(v1::StatefulSet {
                 metadata: Some(metadata),
                 spec: Some(typed(spec, "spec", &at)?),
                 status: None,
-            })
+            }))
         }
         "Service" => {
             let mut spec = map.remove("spec").unwrap_or(Value::Null);
