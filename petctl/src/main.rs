@@ -498,7 +498,15 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 c.namespace.clone()
             };
-            output::get(&c, resource(&r)?, name.as_deref(), &ns, format).await
+            // `get sts,po`: one table after the other, as kubectl.
+            let kinds = r.split(',').map(resource).collect::<Result<Vec<_>>>()?;
+            for (i, kind) in kinds.iter().enumerate() {
+                if i > 0 && matches!(format, Format::Table | Format::Wide) {
+                    println!();
+                }
+                output::get(&c, kind, name.as_deref(), &ns, format).await?;
+            }
+            Ok(())
         }
         Command::Describe { resource: r, name } => output::describe(&c, resource(&r)?, &name).await,
         Command::Scale {

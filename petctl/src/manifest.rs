@@ -197,10 +197,30 @@ fn object(doc: Value, at: &str, out: &mut Manifests) -> Result<()> {
     };
     if api_version != expected {
         match (kind.as_str(), api_version.as_str()) {
-            ("StatefulSet", "apps/v1beta1" | "apps/v1beta2") => out.warnings.push(format!(
-                "Warning: {api_version} StatefulSet is deprecated (removed in Kubernetes 1.16); it is read as apps/v1: write apiVersion: apps/v1"
-            )),
-            _ => bail!("{at}: no matches for kind {kind:?} in version {api_version:?}; use apiVersion: {expected}"),
+            ("StatefulSet", "apps/v1beta1" | "apps/v1beta2") => {
+                out.warnings.push(format!(
+                    "Warning: {api_version} StatefulSet is deprecated (removed in Kubernetes 1.16); it is read as apps/v1: write apiVersion: apps/v1"
+                ));
+                // Those versions defaulted the selector to the template's
+                // labels; apps/v1 requires it.
+                if let Some(spec) = map.get_mut("spec").and_then(Value::as_object_mut)
+                    && !spec.contains_key("selector")
+                    && let Some(labels) = spec
+                        .get("template")
+                        .and_then(|t| t.get("metadata"))
+                        .and_then(|m| m.get("labels"))
+                        .cloned()
+                {
+                    spec.insert(
+                        "selector".into(),
+                        serde_json::json!({ "matchLabels": labels }),
+                    );
+                    out.warnings.push(format!("Warning: {at}: spec.selector defaulted to the template's labels, as {api_version} did"));
+                }
+            }
+            _ => bail!(
+                "{at}: no matches for kind {kind:?} in version {api_version:?}; use apiVersion: {expected}"
+            ),
         }
     }
     if kind == "List" {
@@ -485,7 +505,7 @@ mod tests {
 
     #[test]
     fn beta_versions_warn_and_ignored_fields_are_named() {
-        let text = "apiVersion: apps/v1beta1\nkind: StatefulSet\nmetadata: {name: kubia, uid: x}\nspec:\n  serviceName: kubia\n  replicas: 2\n  template:\n    spec:\n      containers:\n      - name: kubia\n        image: x\n        imagePullPolicy: Always\n        ports: [{containerPort: 8080}]\n        readinessProbe: {httpGet: {port: 8080}}\n";
+        let text = "apiVersion: apps/v1beta1\nkind: StatefulSet\nmetadata: {name: kubia, uid: x}\nspec:\n  serviceName: kubia\n  replicas: 2\n  template:\n    metadata: {labels: {app: kubia}}\n    spec:\n      containers:\n      - name: kubia\n        image: x\n        imagePullPolicy: Always\n        ports: [{containerPort: 8080}]\n        readinessProbe: {httpGet: {port: 8080}}\n";
         let m = read_text(text).unwrap();
         assert!(
             m.warnings.iter().any(|w| w.contains("deprecated")),
@@ -502,6 +522,11 @@ mod tests {
         };
         let spec = set.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
+        assert_eq!(
+            spec.selector.as_ref().unwrap().match_labels["app"],
+            "kubia",
+            "defaulted as v1beta1 did"
+        );
         let c = &spec
             .template
             .as_ref()
