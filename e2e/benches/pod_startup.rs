@@ -136,6 +136,8 @@ async fn main() {
     let scheduler = scheduler_listener.local_addr().unwrap();
     let scheduler_config = scheduler_svc::Config::parse_from([
         "scheduler-svc",
+        "--http-addr",
+        "127.0.0.1:0",
         "--identity-addr",
         &format!("http://{identity}"),
         "--storage-addr",

@@ -117,6 +117,18 @@ fn curl(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The HTTP status of a request (curl's `-w %{http_code}`), and the body.
+fn http(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 fn pod_ip<'a>(
     pods: &'a [(String, bool, String, String, i64)],
     name: &str,
@@ -163,6 +175,7 @@ fn the_seed_story_with_the_real_binaries() {
         .env("PETSET_DNS_PORT", dns.to_string())
         .env("PETSET_STORAGE_PORT", storage.to_string())
         .env("PETSET_SCHEDULER_PORT", scheduler.to_string())
+        .env("PETSET_API_PORT", free_port().to_string())
         .env("PETSET_AGENT_PORT", agents.to_string())
         .env("PETSET_NODE_LEASE_TTL", "3")
         .stdin(Stdio::null())
@@ -296,6 +309,100 @@ fn the_seed_story_with_the_real_binaries() {
             ])
         .then_some(())
     });
+
+    // The seed's access through the API: `petctl proxy`, then the pod and
+    // service paths.
+    let proxy_port = free_port();
+    let mut proxy = Command::new(binary("petctl"))
+        .args([
+            "--server",
+            &stack.server,
+            "proxy",
+            "--port",
+            &proxy_port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{proxy_port}/api/v1/namespaces/default");
+    let hit = wait_until("petctl proxy to answer", || {
+        let (code, body) = http(&[&format!("{api}/pods/kubia-0/proxy/")]);
+        (code == 200).then_some(body)
+    });
+    assert!(hit.starts_with("You've hit kubia-0\n"), "{hit}");
+    let (code, body) = http(&[
+        "-X",
+        "POST",
+        "-d",
+        "Hey there! This greeting was submitted to kubia-0.",
+        &format!("{api}/pods/kubia-0/proxy/"),
+    ]);
+    assert_eq!((code, body.as_str()), (200, "Data stored on pod kubia-0\n"));
+    let (_, body) = http(&[&format!("{api}/pods/kubia-0:8080/proxy/")]);
+    assert!(
+        body.ends_with(
+            "Data stored on this pod: Hey there! This greeting was submitted to kubia-0.\n"
+        ),
+        "{body}"
+    );
+    let mut reached = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let (code, body) = http(&[&format!("{api}/services/kubia/proxy/")]);
+        assert_eq!(code, 200, "{body}");
+        reached.insert(body.lines().next().unwrap_or("").to_string());
+    }
+    assert_eq!(
+        reached.into_iter().collect::<Vec<_>>(),
+        [
+            "You've hit kubia-0",
+            "You've hit kubia-1",
+            "You've hit kubia-2"
+        ]
+    );
+    // Paths that try to leave the pod they name.
+    for (path, want) in [
+        ("pods/kubia-9/proxy/", 404),
+        ("services/nothing/proxy/", 404),
+        ("pods/127.0.0.1/proxy/", 400),
+        ("pods/127.0.0.1:22/proxy/", 400),
+        ("pods/kubia-0/proxy/a%2Fb", 400),
+        ("pods/kubia-0/proxy/%2e%2e/%2e%2e/kubia-1/proxy/", 400),
+    ] {
+        let (code, body) = http(&["--path-as-is", &format!("{api}/{path}")]);
+        assert_eq!(code, want, "{path}: {body}");
+    }
+    let (code, _) = http(&[
+        "--path-as-is",
+        &format!("{api}/pods/kubia-0/proxy/../../kubia-1/proxy/"),
+    ]);
+    assert_eq!(code, 400, "raw '..'");
+    let (code, body) = http(&[&format!("{api}/pods/kubia-0/proxy/http://example.com/")]);
+    assert!(
+        code == 200 && body.starts_with("You've hit kubia-0"),
+        "an absolute URL is only a path on kubia-0: {code} {body}"
+    );
+    // A pod that runs but is not ready: 503 with the reason.
+    let broken = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: broken}\nspec:\n  serviceName: broken\n  replicas: 1\n  selector: {matchLabels: {app: broken}}\n  template:\n    metadata: {labels: {app: broken}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n";
+    let mut apply = Command::new(binary("petctl"))
+        .args(["--server", &stack.server, "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), broken.as_bytes()).unwrap();
+    drop(apply.stdin.take());
+    assert!(apply.wait().unwrap().success());
+    let (code, body) = wait_until("broken-0 to run, not ready", || {
+        let (code, body) = http(&[&format!("{api}/pods/broken-0/proxy/")]);
+        body.contains("not ready").then_some((code, body))
+    });
+    assert_eq!(code, 503, "{body}");
+    stack.petctl(&["delete", "sts", "broken"]);
+    wait_until("broken-0 to be gone", || {
+        (!stack.pods().iter().any(|p| p.0 == "broken-0")).then_some(())
+    });
+    let _ = proxy.kill();
+    let _ = proxy.wait();
 
     // Killing a pod's process: the agent starts it again.
     let ip0 = pod_ip(&three, "kubia-0").2.clone();

@@ -8,9 +8,11 @@
 //! # Layout
 //! - [`manifest`]: reading Kubernetes YAML.
 //! - [`output`]: tables and Kubernetes-shaped JSON/YAML.
+//! - [`proxy`]: `petctl proxy`.
 
 mod manifest;
 mod output;
+mod proxy;
 
 use std::time::Duration;
 
@@ -90,6 +92,14 @@ enum Command {
         /// The previous run (before the last restart).
         #[arg(short = 'p', long)]
         previous: bool,
+    },
+    /// Opens a local port that forwards to the API's HTTP side (the pod and
+    /// service proxy), as `kubectl proxy` does.
+    Proxy {
+        #[arg(short = 'p', long, default_value_t = 8001)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
     },
     /// Rollouts of a StatefulSet: `rollout status|history sts NAME`.
     Rollout {
@@ -526,6 +536,13 @@ async fn run(cli: Cli) -> Result<()> {
             tail,
             previous,
         } => logs(&c, &pod, container, tail, previous).await,
+        Command::Proxy { port, address } => {
+            let info = c.info().await?;
+            if info.api_http_addr.is_empty() {
+                bail!("this scheduler-svc serves no HTTP API; upgrade it");
+            }
+            proxy::serve(std::net::SocketAddr::new(address, port), info.api_http_addr).await
+        }
         Command::Rollout {
             action,
             resource: r,

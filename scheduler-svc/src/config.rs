@@ -15,6 +15,17 @@ pub struct Config {
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_addr: SocketAddr,
+    /// Address of the HTTP API: the pod and service proxy
+    /// (`/api/v1/namespaces/<ns>/pods/<pod>/proxy/...`).
+    #[arg(
+        long,
+        env = "PETSET_SCHEDULER_HTTP_ADDR",
+        default_value = "127.0.0.1:50080"
+    )]
+    pub http_addr: SocketAddr,
+    /// Seconds a proxied request may take before the proxy answers 504.
+    #[arg(long, env = "PETSET_PROXY_TIMEOUT", default_value_t = 30)]
+    pub proxy_timeout: u64,
     /// identity-svc's gRPC address.
     #[arg(
         long,

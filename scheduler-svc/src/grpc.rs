@@ -495,6 +495,8 @@ pub struct ClusterApi {
     pub replica: String,
     /// For the leader key.
     pub store: Store,
+    /// This replica's HTTP API.
+    pub api_http_addr: String,
 }
 
 #[tonic::async_trait]
@@ -514,6 +516,7 @@ impl v1::cluster_server::Cluster for ClusterApi {
             storage_addr: self.storage_addr.clone(),
             replica: self.replica.clone(),
             leader,
+            api_http_addr: self.api_http_addr.clone(),
         }))
     }
 }

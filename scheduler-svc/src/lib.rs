@@ -14,6 +14,7 @@
 //! - [`leader`]: leader election and the term every controller write checks.
 //! - [`nodes`], [`pods`]: nodes and pods as agents and people see them.
 //! - [`grpc`]: the tonic services.
+//! - [`proxy`]: the HTTP pod and service proxy.
 //! - [`config`], [`error`]: settings and start-up failures.
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod nodes;
 pub mod placement;
 pub mod planner;
 pub mod pods;
+pub mod proxy;
 pub mod records;
 pub mod revisions;
 pub mod sets;
@@ -90,6 +92,30 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("scheduler@{address}/{}", std::process::id()));
         let pods = Pods::new(store.clone(), identity.clone());
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "HTTP API",
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let proxy = proxy::Proxy::new(
+            pods.clone(),
+            identity.clone(),
+            std::time::Duration::from_secs(config.proxy_timeout.max(1)),
+        );
+        let http_server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let served = axum::serve(http, proxy.router())
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP API failed");
+                }
+            }
+        });
         let controller = Controller::new(store.clone(), identity, storage);
         let elector = tokio::spawn(leader::run(
             store.clone(),
@@ -101,7 +127,7 @@ impl Server {
                 async move { controller.run(term, token).await }
             },
         ));
-        tracing::info!(grpc = %address, id = %id, root = store.root(), "scheduler-svc serving");
+        tracing::info!(grpc = %address, http = %http_addr, id = %id, root = store.root(), "scheduler-svc serving");
         let mut host = ServiceHost::new();
         host.add_service(StatefulSetsServer::new(StatefulSetsApi {
             sets: Sets::new(store.clone()),
@@ -115,6 +141,7 @@ impl Server {
                 storage_addr: config.storage_addr.clone(),
                 replica: id.clone(),
                 store: store.clone(),
+                api_http_addr: http_addr.clone(),
             },
         ))
         .add_service(NodesServer::new(NodesApi {
@@ -129,6 +156,7 @@ impl Server {
             .map_err(ServeError::Grpc);
         shutdown.cancel();
         let _ = elector.await;
+        let _ = http_server.await;
         tracing::info!("scheduler-svc stopped");
         served
     }

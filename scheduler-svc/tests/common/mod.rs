@@ -139,6 +139,8 @@ impl Cluster {
             "2".into(),
             "--id".into(),
             id.into(),
+            "--http-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         // PETSET_TEST_LOGS keeps the replicas' logs (they go with the
         // temporary folder otherwise).
