@@ -178,6 +178,9 @@ fn the_seed_story_with_the_real_binaries() {
         .env("PETSET_API_PORT", free_port().to_string())
         .env("PETSET_AGENT_PORT", agents.to_string())
         .env("PETSET_NODE_LEASE_TTL", "3")
+        // Pod addresses of their own, so a stack a person runs beside the
+        // test does not collide with it.
+        .env("PETSET_POD_NET", "127.77")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
