@@ -34,6 +34,8 @@ fn alive(pid: &str) -> bool {
 }
 
 struct Stack {
+    // Dropped first: the stack stops before its folder goes.
+    up: Up,
     server: String,
     dns: u16,
     dir: tempfile::TempDir,
@@ -133,7 +135,30 @@ fn pod_ip<'a>(
     pods: &'a [(String, bool, String, String, i64)],
     name: &str,
 ) -> &'a (String, bool, String, String, i64) {
-    pods.iter().find(|p| p.0 == name).unwrap()
+    find_pod(pods, name).unwrap_or_else(|| panic!("pod {name} is not in {pods:?}"))
+}
+
+/// A pod by name, if it exists now (a moving pod is briefly gone).
+fn find_pod<'a>(
+    pods: &'a [(String, bool, String, String, i64)],
+    name: &str,
+) -> Option<&'a (String, bool, String, String, i64)> {
+    pods.iter().find(|p| p.0 == name)
+}
+
+/// Stops `scripts/up` (as Ctrl-C does) if the test ends early, so that a
+/// failed run leaves nothing behind.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The pid of a pod's kubia-pet process (by its POD_NAME and POD_IP).
@@ -168,7 +193,7 @@ fn the_seed_story_with_the_real_binaries() {
         free_port(),
         free_port(),
     );
-    let mut up = Command::new(repo_root().join("scripts/up"))
+    let mut up = Up(Command::new(repo_root().join("scripts/up"))
         .env("PETSET_STACK_DIR", dir.path())
         .env("PETSET_ETCD_PORT", etcd.to_string())
         .env("PETSET_IDENTITY_PORT", identity.to_string())
@@ -185,10 +210,10 @@ fn the_seed_story_with_the_real_binaries() {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap();
+        .unwrap());
     let start = Instant::now();
     while !dir.path().join("ready").exists() {
-        if let Ok(Some(status)) = up.try_wait() {
+        if let Ok(Some(status)) = up.0.try_wait() {
             panic!("scripts/up exited early with {status}");
         }
         assert!(
@@ -197,7 +222,8 @@ fn the_seed_story_with_the_real_binaries() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let stack = Stack {
+    let mut stack = Stack {
+        up,
         server: format!("127.0.0.1:{scheduler}"),
         dns,
         dir,
@@ -413,7 +439,7 @@ fn the_seed_story_with_the_real_binaries() {
     run("kill", &["-KILL", &pid]);
     wait_until("kubia-0 restarted", || {
         let pods = stack.pods();
-        let p = pod_ip(&pods, "kubia-0");
+        let p = find_pod(&pods, "kubia-0")?;
         (p.4 >= 1
             && p.1
             && curl(&[&format!("http://{ip0}:8080/")])
@@ -436,7 +462,7 @@ fn the_seed_story_with_the_real_binaries() {
     });
     let moved = wait_until("kubia-1 Ready on another node", || {
         let pods = stack.pods();
-        let p = pod_ip(&pods, "kubia-1").clone();
+        let p = find_pod(&pods, "kubia-1")?.clone();
         (p.1 && p.3 != node1).then_some(p)
     });
     let answer = curl(&[&format!("http://{}:8080/", moved.2)]).unwrap();
@@ -466,8 +492,8 @@ fn the_seed_story_with_the_real_binaries() {
 
     // Stopping (what Ctrl-C does) leaves no process behind.
     let pids = std::fs::read_to_string(stack.dir.path().join("pids")).unwrap();
-    run("kill", &["-INT", &up.id().to_string()]);
-    up.wait().unwrap();
+    run("kill", &["-INT", &stack.up.0.id().to_string()]);
+    stack.up.0.wait().unwrap();
     for pid in pids.lines().filter(|p| !p.is_empty()) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while alive(pid) {
