@@ -14,7 +14,13 @@
 //!   available for `minReadySeconds`, and does one thing at a time;
 //!   Parallel does not wait.
 //! - Pods outside the range are deleted highest ordinal first, one at a
-//!   time under OrderedReady, and not while any other pod is unhealthy.
+//!   time under OrderedReady (each after any deletion in flight is done),
+//!   and not while any pod in the range is
+//!   unhealthy; an unhealthy one waits unless it is the first unhealthy pod
+//!   (as Kubernetes: otherwise a failed lower pod outside the range would
+//!   block the scale-down for ever). Beyond Kubernetes, a Failed pod outside
+//!   the range goes in its turn whatever else is unhealthy: it will never be
+//!   Ready, and waiting for it would block for ever.
 //! - RollingUpdate replaces pods not at the update revision, from the
 //!   highest ordinal down to the partition, one at a time, each after the
 //!   one above is healthy. OnDelete replaces a pod only when it is deleted.
@@ -283,10 +289,23 @@ pub fn plan(
             }
             continue;
         }
-        let other_unhealthy = live
+        // Kubernetes' rule: an unhealthy target waits unless it is the
+        // first unhealthy pod (in range first, then the lowest condemned
+        // one); a healthy one goes. Under OrderedReady every pod in range is
+        // healthy by the time this loop runs (the loop above returned
+        // otherwise), so scale-down never starts while one of them is not.
+        let first_unhealthy = live
             .values()
-            .any(|p| p.ordinal != pod.ordinal && !healthy(p));
-        if monotonic && other_unhealthy {
+            .filter(|p| !healthy(p))
+            .min_by_key(|p| (p.ordinal < start || p.ordinal >= end, p.ordinal))
+            .map(|p| p.ordinal);
+        // One deletion at a time: wait until any pod being deleted is gone
+        // (an update's deletion, say), not only the one above.
+        if monotonic && live.values().any(|p| p.terminating) {
+            return actions;
+        }
+        let failed = matches!(pod.phase, Phase::Failed | Phase::Succeeded);
+        if monotonic && !healthy(pod) && !failed && first_unhealthy != Some(pod.ordinal) {
             return actions;
         }
         actions.push(Action::DeletePod {
