@@ -411,7 +411,7 @@ fn the_seed_story_with_the_real_binaries() {
         "an absolute URL is only a path on kubia-0: {code} {body}"
     );
     // A pod that runs but is not ready: 503 with the reason.
-    let broken = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: broken}\nspec:\n  serviceName: broken\n  replicas: 1\n  selector: {matchLabels: {app: broken}}\n  template:\n    metadata: {labels: {app: broken}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n";
+    let broken = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: broken}\nspec:\n  serviceName: broken\n  replicas: 1\n  selector: {matchLabels: {app: broken}}\n  template:\n    metadata: {labels: {app: broken}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n        livenessProbe: {exec: {command: [test, -e, /tmp/petset-e2e-never]}, periodSeconds: 1, failureThreshold: 2, initialDelaySeconds: 2}\n";
     let mut apply = Command::new(binary("petctl"))
         .args(["--server", &stack.server, "apply", "-f", "-"])
         .stdin(Stdio::piped())
@@ -426,6 +426,12 @@ fn the_seed_story_with_the_real_binaries() {
         body.contains("not ready").then_some((code, body))
     });
     assert_eq!(code, 503, "{body}");
+    // Its liveness probe fails: the agent kills and starts it again
+    // (restartPolicy Always), and the restarts are reported.
+    wait_until("broken-0 to be restarted by its liveness probe", || {
+        let pods = stack.pods();
+        (find_pod(&pods, "broken-0")?.4 >= 1).then_some(())
+    });
     stack.petctl(&["delete", "sts", "broken"]);
     wait_until("broken-0 to be gone", || {
         (!stack.pods().iter().any(|p| p.0 == "broken-0")).then_some(())
