@@ -146,6 +146,22 @@ fn find_pod<'a>(
     pods.iter().find(|p| p.0 == name)
 }
 
+/// The pids of processes whose command line (NUL-separated) contains every
+/// one of `parts`.
+fn processes(parts: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if parts.iter().all(|p| cmd.contains(p)) {
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 /// Stops `scripts/up` (as Ctrl-C does) if the test ends early, so that a
 /// failed run leaves nothing behind.
 struct Up(std::process::Child);
@@ -481,6 +497,75 @@ fn the_seed_story_with_the_real_binaries() {
         "{nodes}"
     );
 
+    // Fencing: with scheduler-svc gone, no agent can renew its node's lease,
+    // and each kills its pods itself before the lease can expire (so that
+    // the identities are never run twice once another scheduler places them
+    // again).
+    let incarnations = |stack: &Stack| -> std::collections::BTreeMap<String, u64> {
+        stack.json(&["get", "pods"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p["metadata"]["name"].as_str().unwrap().to_string();
+                let n = p["metadata"]["annotations"]["petset.io/incarnation"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                (name, n)
+            })
+            .collect()
+    };
+    let before = incarnations(&stack);
+    let scheduler_pids = processes(&["scheduler-svc", &format!("--grpc-addr {}", stack.server)]);
+    assert_eq!(scheduler_pids.len(), 1, "{scheduler_pids:?}");
+    run("kill", &["-KILL", &scheduler_pids[0]]);
+    wait_until("every pod to be stopped by its own agent", || {
+        processes(&[binary("kubia-pet").to_str().unwrap()])
+            .iter()
+            .all(|pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                !String::from_utf8_lossy(&env).contains("POD_IP=127.77.")
+            })
+            .then_some(())
+    });
+    // A scheduler comes back: the agents register again and the pods run
+    // again, each as a new incarnation.
+    let http_port = free_port();
+    let mut scheduler_again = petset_core::testing::Tied::spawn(
+        &binary("scheduler-svc"),
+        &[
+            "--etcd-endpoints".into(),
+            format!("http://127.0.0.1:{etcd}"),
+            "--grpc-addr".into(),
+            stack.server.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--identity-addr".into(),
+            format!("http://127.0.0.1:{identity}"),
+            "--storage-addr".into(),
+            format!("http://127.0.0.1:{storage}"),
+        ],
+        &stack.dir.path().join("scheduler-svc-again.log"),
+    );
+    wait_until("the new scheduler-svc to answer", || {
+        Command::new(binary("petctl"))
+            .args(["--server", &stack.server, "get", "nodes"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    });
+    wait_until("the pods to run again as new incarnations", || {
+        let after = incarnations(&stack);
+        let renewed = before
+            .iter()
+            .all(|(name, n)| after.get(name).is_some_and(|m| m > n));
+        let ready = stack.pods().iter().filter(|p| p.1).count() == 3;
+        (renewed && ready).then_some(())
+    });
+
     // Deleting the set keeps the claims.
     stack.petctl(&["delete", "sts", "kubia"]);
     wait_until("the set and its pods to be gone", || {
@@ -497,6 +582,7 @@ fn the_seed_story_with_the_real_binaries() {
     assert_eq!(phases, ["Bound", "Bound", "Bound"]);
 
     // Stopping (what Ctrl-C does) leaves no process behind.
+    scheduler_again.stop();
     let pids = std::fs::read_to_string(stack.dir.path().join("pids")).unwrap();
     run("kill", &["-INT", &stack.up.0.id().to_string()]);
     stack.up.0.wait().unwrap();

@@ -114,6 +114,8 @@ fn pod_json(p: &v1::Pod) -> Value {
     let mut spec = serde_json::to_value(&p.spec).unwrap_or(json!({}));
     spec["nodeName"] = json!(p.node_name);
     let mut metadata = meta(&p.metadata);
+    // The fencing token, where a person (or a script) can read it.
+    metadata["annotations"]["petset.io/incarnation"] = json!(p.incarnation.to_string());
     metadata["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": p.set_name, "controller": true}]);
     if p.deletion_timestamp.is_some() {
         metadata["deletionTimestamp"] = rfc3339(&p.deletion_timestamp);

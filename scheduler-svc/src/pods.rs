@@ -65,15 +65,48 @@ impl Pods {
         }
     }
 
+    /// The pod's reported status for its incarnation; `Unknown` (not
+    /// ready) once its identity is no longer held by that incarnation: its
+    /// node lost its lease or it was stopped, whatever it reported last.
     async fn status_of(&self, pod: &PodRecord) -> Result<Option<PodStatusRecord>> {
-        Ok(self
+        let reported = self
             .store
             .get::<PodStatusRecord>(
                 &Keys(&self.store).pod_status(&pod.meta.namespace, &pod.meta.name),
             )
             .await?
             .map(|s| s.value)
-            .filter(|s| s.incarnation == pod.incarnation))
+            .filter(|s| s.incarnation == pod.incarnation);
+        let reference = IdentityRef {
+            namespace: pod.meta.namespace.clone(),
+            set_name: pod.set_name.clone(),
+            ordinal: pod.ordinal,
+        };
+        let held = self
+            .store
+            .get::<identity::HolderRecord>(&reference.holder_key(&self.store))
+            .await?
+            .is_some_and(|h| h.value.incarnation == pod.incarnation);
+        if held {
+            return Ok(reported);
+        }
+        Ok(Some(PodStatusRecord {
+            incarnation: pod.incarnation,
+            phase: "Unknown".into(),
+            ready: false,
+            pod_ip: reported
+                .as_ref()
+                .map(|r| r.pod_ip.clone())
+                .unwrap_or_default(),
+            restart_count: reported.as_ref().map(|r| r.restart_count).unwrap_or(0),
+            message: format!(
+                "incarnation {} no longer holds the pod's identity (its node {} lost its lease, or it was stopped); it is not running",
+                pod.incarnation, pod.node
+            ),
+            reason: "NodeLost".into(),
+            ready_since: None,
+            start_time: reported.and_then(|r| r.start_time),
+        }))
     }
 
     /// Reads one pod.
