@@ -171,3 +171,49 @@ fn grpc_status(response: &Response) -> String {
         })
         .to_string()
 }
+
+/// Why a service could not start or keep serving (what its binary reports
+/// before it exits).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listening socket could not be bound.
+    #[error("cannot bind the {what} address {addr}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting is wrong.
+    #[error("setting {setting}: {reason}")]
+    Config {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// etcd could not be reached.
+    #[error("cannot reach the store")]
+    Store(#[source] crate::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
+}
+
+/// A channel to another petset service at `address` (a URL), connected on
+/// first use, small messages sent at once (TCP_NODELAY). `setting` names the
+/// flag the address came from, for the error.
+pub fn lazy_channel(
+    setting: &'static str,
+    address: &str,
+) -> Result<tonic::transport::Channel, ServeError> {
+    tonic::transport::Endpoint::from_shared(address.to_string())
+        .map(|e| e.tcp_nodelay(true).connect_lazy())
+        .map_err(|e| ServeError::Config {
+            setting,
+            reason: format!("{address:?} is not a URL: {e}"),
+        })
+}

@@ -11,12 +11,11 @@
 //! - [`services`]: headless services, validated and stored.
 //! - [`dns`]: the authoritative DNS server for the zone.
 //! - [`grpc`]: the tonic services over the modules above.
-//! - [`config`], [`error`]: settings and start-up failures.
+//! - [`config`]: settings ([`ServeError`] is the shared start-up failure).
 
 pub mod config;
 pub mod dns;
 pub mod endpoints;
-pub mod error;
 pub mod grpc;
 pub mod issuance;
 pub mod names;
@@ -34,7 +33,7 @@ use petset_proto::v1::{identities_server::IdentitiesServer, services_server::Ser
 use tokio::net::{TcpListener, UdpSocket};
 
 pub use config::Config;
-pub use error::ServeError;
+pub use petset_core::serve::ServeError;
 
 use crate::endpoints::Endpoints;
 use crate::grpc::{IdentitiesApi, ServicesApi};

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use petset_core::error::Violations;
-use petset_core::serve::ServiceHost;
+use petset_core::serve::{ServiceHost, lazy_channel};
 use petset_core::shutdown::CancellationToken;
 use petset_core::validate;
 use petset_proto::v1;
@@ -39,37 +39,14 @@ use petset_proto::v1::nodes_client::NodesClient;
 use petset_proto::v1::storage_client::StorageClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use config::{Config, Isolation};
 
 use crate::pods::{Context, Stop};
 
-/// node-agent failed to start.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// A setting is wrong.
-    #[error("setting {setting}: {reason}")]
-    Config {
-        /// Which.
-        setting: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// The gRPC server failed.
-    #[error("gRPC server failed")]
-    Grpc(#[source] tonic::transport::Error),
-}
-
-fn channel(setting: &'static str, address: &str) -> Result<Channel, AgentError> {
-    Endpoint::from_shared(address.to_string())
-        .map(|e| e.tcp_nodelay(true).connect_lazy())
-        .map_err(|e| AgentError::Config {
-            setting,
-            reason: format!("{address:?} is not a URL: {e}"),
-        })
-}
+pub use petset_core::serve::ServeError;
 
 /// The addresses pods get, one each.
 #[derive(Debug)]
@@ -103,18 +80,18 @@ impl Agent {
         config: &Config,
         listener: TcpListener,
         shutdown: CancellationToken,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), ServeError> {
         let mut v = Violations::new();
         v.check("name", validate::dns1123_subdomain(&config.name));
         if let Err(e) = v.into_result() {
-            return Err(AgentError::Config {
+            return Err(ServeError::Config {
                 setting: "name",
                 reason: e.to_string(),
             });
         }
         let namespaces = match config.isolation {
             Isolation::Namespaces if !runtime::is_root() => {
-                return Err(AgentError::Config {
+                return Err(ServeError::Config {
                     setting: "isolation",
                     reason: "namespaces need root; run as root or use --isolation none".into(),
                 });
@@ -128,16 +105,16 @@ impl Agent {
                 "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
             );
         }
-        let identity = channel("identity-addr", &config.identity_addr)?;
+        let identity = lazy_channel("identity-addr", &config.identity_addr)?;
         let ctx = Arc::new(Context {
             node: config.name.clone(),
             images: config.image_map(),
             data_dir: config.data_dir.clone(),
             backoff: Duration::from_secs(config.restart_backoff.max(1)),
             namespaces,
-            nodes: NodesClient::new(channel("scheduler-addr", &config.scheduler_addr)?),
+            nodes: NodesClient::new(lazy_channel("scheduler-addr", &config.scheduler_addr)?),
             identities: IdentitiesClient::new(identity.clone()),
-            storage: StorageClient::new(channel("storage-addr", &config.storage_addr)?),
+            storage: StorageClient::new(lazy_channel("storage-addr", &config.storage_addr)?),
         });
         let agent_endpoint = listener
             .local_addr()
@@ -160,11 +137,11 @@ impl Agent {
             .await;
         server
             .await
-            .map_err(|e| AgentError::Config {
+            .map_err(|e| ServeError::Config {
                 setting: "grpc",
                 reason: e.to_string(),
             })?
-            .map_err(AgentError::Grpc)
+            .map_err(ServeError::Grpc)
     }
 }
 

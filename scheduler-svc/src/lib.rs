@@ -15,11 +15,10 @@
 //! - [`nodes`], [`pods`]: nodes and pods as agents and people see them.
 //! - [`grpc`]: the tonic services.
 //! - [`proxy`]: the HTTP pod and service proxy.
-//! - [`config`], [`error`]: settings and start-up failures.
+//! - [`config`]: settings ([`ServeError`] is the shared start-up failure).
 
 pub mod config;
 pub mod controller;
-pub mod error;
 pub mod grpc;
 pub mod leader;
 pub mod nodes;
@@ -32,31 +31,22 @@ pub mod revisions;
 pub mod sets;
 pub mod world;
 
-use petset_core::serve::ServiceHost;
+use petset_core::serve::{ServiceHost, lazy_channel};
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::Store;
 use petset_proto::v1::nodes_server::NodesServer;
 use petset_proto::v1::pods_server::PodsServer;
 use petset_proto::v1::stateful_sets_server::StatefulSetsServer;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
 
 pub use config::Config;
-pub use error::ServeError;
+pub use petset_core::serve::ServeError;
 
 use crate::controller::Controller;
 use crate::grpc::{NodesApi, PodsApi, StatefulSetsApi};
 use crate::nodes::Nodes;
 use crate::pods::Pods;
 use crate::sets::Sets;
-
-fn channel(setting: &'static str, address: &str) -> Result<Channel, ServeError> {
-    let endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| ServeError::Config {
-        setting,
-        reason: format!("{address:?} is not a URL: {e}"),
-    })?;
-    Ok(endpoint.tcp_nodelay(true).connect_lazy())
-}
 
 /// The running service.
 #[derive(Debug)]
@@ -78,8 +68,8 @@ impl Server {
                 ),
             });
         }
-        let identity = channel("identity-addr", &config.identity_addr)?;
-        let storage = channel("storage-addr", &config.storage_addr)?;
+        let identity = lazy_channel("identity-addr", &config.identity_addr)?;
+        let storage = lazy_channel("storage-addr", &config.storage_addr)?;
         let store = Store::connect(&config.etcd.store_config())
             .await
             .map_err(ServeError::Store)?;

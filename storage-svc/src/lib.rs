@@ -12,14 +12,13 @@
 //! - [`attach`]: fenced attach and detach.
 //! - [`reclaim`]: `Retain`, `Delete` and `Recycle`.
 //! - [`grpc`]: the tonic service over the modules above.
-//! - [`config`], [`error`]: settings and start-up failures.
+//! - [`config`]: settings ([`ServeError`] is the shared start-up failure).
 
 pub mod attach;
 pub mod binder;
 pub mod claims;
 pub mod classes;
 pub mod config;
-pub mod error;
 pub mod grpc;
 pub mod provisioner;
 pub mod reclaim;
@@ -36,7 +35,7 @@ use petset_proto::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-pub use error::ServeError;
+pub use petset_core::serve::ServeError;
 
 use crate::attach::Attacher;
 use crate::claims::Claims;
