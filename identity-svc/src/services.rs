@@ -220,11 +220,14 @@ impl Services {
     /// Replaces a service's labels, annotations and spec.
     pub async fn update(&self, input: ServiceInput) -> Result<Versioned<ServiceRecord>> {
         let key = Keys(&self.store).service(&input.namespace, &input.name);
-        let current = self
+        let current: Versioned<ServiceRecord> = self
             .store
-            .get::<ServiceRecord>(&key)
-            .await?
-            .ok_or_else(|| Self::not_found(&input.namespace, &input.name))?;
+            .fetch(
+                &key,
+                "service",
+                format!("{}/{}", input.namespace, input.name),
+            )
+            .await?;
         self.update_over(current, input).await
     }
 
@@ -301,9 +304,12 @@ impl Services {
     /// Reads one service.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Versioned<ServiceRecord>> {
         self.store
-            .get(&Keys(&self.store).service(namespace, name))
-            .await?
-            .ok_or_else(|| Self::not_found(namespace, name))
+            .fetch(
+                &Keys(&self.store).service(namespace, name),
+                "service",
+                format!("{namespace}/{name}"),
+            )
+            .await
     }
 
     /// Lists the services of one namespace, or of all.

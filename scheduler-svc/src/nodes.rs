@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use petset_core::error::{Error, Result, Violations};
 use petset_core::quantity::Quantity;
 use petset_core::selector::HOSTNAME_LABEL;
-use petset_core::store::{PutOptions, Store, Txn, TxnOp, encode};
+use petset_core::store::{PutOptions, Store, Txn, TxnOp, Versioned, encode};
 use petset_core::validate;
 
 use crate::records::{Capacity, Keys, NodeRecord};
@@ -157,14 +157,8 @@ impl Nodes {
     /// node's current one.
     pub async fn keep_alive(&self, name: &str, lease: i64) -> Result<i64> {
         let keys = Keys(&self.store);
-        let current = self
-            .store
-            .get::<NodeRecord>(&keys.node(name))
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "node",
-                name: name.to_string(),
-            })?;
+        let current: Versioned<NodeRecord> =
+            self.store.fetch(&keys.node(name), "node", name).await?;
         if current.value.lease_id != lease {
             return Err(Error::NotFound {
                 kind: "node lease",

@@ -58,13 +58,6 @@ impl Pods {
         }
     }
 
-    fn not_found(ns: &str, name: &str) -> Error {
-        Error::NotFound {
-            kind: "pod",
-            name: format!("{ns}/{name}"),
-        }
-    }
-
     /// The pod's reported status for its incarnation; `Unknown` (not
     /// ready) once its identity is no longer held by that incarnation: its
     /// node lost its lease or it was stopped, whatever it reported last.
@@ -111,11 +104,14 @@ impl Pods {
 
     /// Reads one pod.
     pub async fn get(&self, ns: &str, name: &str) -> Result<PodWithStatus> {
-        let pod = self
+        let pod: Versioned<PodRecord> = self
             .store
-            .get::<PodRecord>(&Keys(&self.store).pod(ns, name))
-            .await?
-            .ok_or_else(|| Self::not_found(ns, name))?;
+            .fetch(
+                &Keys(&self.store).pod(ns, name),
+                "pod",
+                format!("{ns}/{name}"),
+            )
+            .await?;
         let status = self.status_of(&pod.value).await?;
         Ok((pod, status))
     }

@@ -520,21 +520,13 @@ impl Sets {
         Sets { store }
     }
 
-    fn not_found(ns: &str, name: &str) -> Error {
-        Error::NotFound {
-            kind: "statefulset",
-            name: format!("{ns}/{name}"),
-        }
-    }
-
     /// Reads a set and its status.
     pub async fn get(&self, ns: &str, name: &str) -> Result<SetWithStatus> {
         let keys = Keys(&self.store);
-        let set = self
+        let set: Versioned<SetRecord> = self
             .store
-            .get::<SetRecord>(&keys.set(ns, name))
-            .await?
-            .ok_or_else(|| Self::not_found(ns, name))?;
+            .fetch(&keys.set(ns, name), "statefulset", format!("{ns}/{name}"))
+            .await?;
         let status = self
             .store
             .get::<SetStatusRecord>(&keys.status(ns, name))

@@ -122,14 +122,14 @@ impl Attacher {
         claim: &str,
     ) -> Result<(Versioned<ClaimRecord>, Versioned<VolumeRecord>)> {
         let keys = Keys(&self.store);
-        let claim_record = self
+        let claim_record: Versioned<ClaimRecord> = self
             .store
-            .get::<ClaimRecord>(&keys.claim(namespace, claim))
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "claim",
-                name: format!("{namespace}/{claim}"),
-            })?;
+            .fetch(
+                &keys.claim(namespace, claim),
+                "claim",
+                format!("{namespace}/{claim}"),
+            )
+            .await?;
         let volume_name = match (&claim_record.value.phase, &claim_record.value.volume) {
             (ClaimPhase::Bound, Some(volume)) => volume.clone(),
             _ => {

@@ -239,19 +239,15 @@ impl Claims {
         }
     }
 
-    fn not_found(namespace: &str, name: &str) -> Error {
-        Error::NotFound {
-            kind: "claim",
-            name: format!("{namespace}/{name}"),
-        }
-    }
-
     /// Reads one claim.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Versioned<ClaimRecord>> {
         self.store
-            .get::<ClaimRecord>(&Keys(&self.store).claim(namespace, name))
-            .await?
-            .ok_or_else(|| Self::not_found(namespace, name))
+            .fetch(
+                &Keys(&self.store).claim(namespace, name),
+                "claim",
+                format!("{namespace}/{name}"),
+            )
+            .await
     }
 
     /// Claims of a namespace (all when `None`) that carry every label of

@@ -129,12 +129,8 @@ impl Classes {
     /// Reads one class.
     pub async fn get(&self, name: &str) -> Result<Versioned<ClassRecord>> {
         self.store
-            .get::<ClassRecord>(&Keys(&self.store).class(name))
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "storage class",
-                name: name.into(),
-            })
+            .fetch(&Keys(&self.store).class(name), "storage class", name)
+            .await
     }
 
     /// Every class, by name.

@@ -295,12 +295,8 @@ impl Volumes {
     /// Reads one volume.
     pub async fn get(&self, name: &str) -> Result<Versioned<VolumeRecord>> {
         self.store
-            .get::<VolumeRecord>(&Keys(&self.store).volume(name))
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "volume",
-                name: name.into(),
-            })
+            .fetch(&Keys(&self.store).volume(name), "volume", name)
+            .await
     }
 
     /// Every volume, by name.

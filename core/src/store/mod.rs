@@ -137,6 +137,20 @@ impl Store {
         response.kvs().first().map(decode).transpose()
     }
 
+    /// Reads one key that must exist: [`Error::NotFound`] naming `kind` and
+    /// `name` when it does not.
+    pub async fn fetch<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        kind: &'static str,
+        name: impl Into<String>,
+    ) -> Result<Versioned<T>> {
+        self.get(key).await?.ok_or_else(|| Error::NotFound {
+            kind,
+            name: name.into(),
+        })
+    }
+
     /// Reads every key under `prefix` and decodes them, with the store
     /// revision the read saw.
     pub async fn list<T: DeserializeOwned>(
