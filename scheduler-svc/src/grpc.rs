@@ -436,10 +436,12 @@ impl nodes_server::Nodes for NodesApi {
             let mut changed = mirror.changed();
             let mut sent: Option<Vec<v1::Pod>> = None;
             loop {
-                let now: Vec<v1::Pod> = match pods.list(None, None, Some(&node)).await {
+                // The agent needs the pods, not their status: one range read
+                // per change, not two reads more per pod.
+                let now: Vec<v1::Pod> = match pods.records(None, None, Some(&node)).await {
                     Ok(list) => list
-                        .iter()
-                        .map(|(pod, _)| pod_to_api(&(pod.clone(), None)))
+                        .into_iter()
+                        .map(|pod| pod_to_api(&(pod, None)))
                         .collect(),
                     Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;

@@ -124,21 +124,34 @@ impl Pods {
         set: Option<&str>,
         node: Option<&str>,
     ) -> Result<Vec<PodWithStatus>> {
-        let (pods, _) = self
-            .store
-            .list::<PodRecord>(&Keys(&self.store).pods(ns))
-            .await?;
         let mut out = Vec::new();
-        for (_, pod) in pods {
-            if set.is_some_and(|s| s != pod.value.set_name)
-                || node.is_some_and(|n| n != pod.value.node)
-            {
-                continue;
-            }
+        for pod in self.records(ns, set, node).await? {
             let status = self.status_of(&pod.value).await?;
             out.push((pod, status));
         }
         Ok(out)
+    }
+
+    /// The pods themselves, without their status (one range read): what a
+    /// node agent needs to know what to run.
+    pub async fn records(
+        &self,
+        ns: Option<&str>,
+        set: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<Versioned<PodRecord>>> {
+        let (pods, _) = self
+            .store
+            .list::<PodRecord>(&Keys(&self.store).pods(ns))
+            .await?;
+        Ok(pods
+            .into_iter()
+            .map(|(_, pod)| pod)
+            .filter(|pod| {
+                set.is_none_or(|s| s == pod.value.set_name)
+                    && node.is_none_or(|n| n == pod.value.node)
+            })
+            .collect())
     }
 
     /// Deletes a pod; see the module's guarantees.
