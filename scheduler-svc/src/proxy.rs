@@ -15,6 +15,7 @@
 //! - Request and response bodies are limited to [`BODY_LIMIT`]; a pod that
 //!   does not answer within the timeout gets 504.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -161,10 +162,7 @@ impl Proxy {
         Router::new()
             .route("/api/v1/namespaces/{ns}/pods/{pod}/proxy", any(pod))
             .route("/api/v1/namespaces/{ns}/pods/{pod}/proxy/", any(pod))
-            .route(
-                "/api/v1/namespaces/{ns}/pods/{pod}/proxy/{*rest}",
-                any(pod_rest),
-            )
+            .route("/api/v1/namespaces/{ns}/pods/{pod}/proxy/{*rest}", any(pod))
             .route("/api/v1/namespaces/{ns}/services/{svc}/proxy", any(service))
             .route(
                 "/api/v1/namespaces/{ns}/services/{svc}/proxy/",
@@ -172,7 +170,7 @@ impl Proxy {
             )
             .route(
                 "/api/v1/namespaces/{ns}/services/{svc}/proxy/{*rest}",
-                any(service_rest),
+                any(service),
             )
             .fallback(|| async {
                 fail(
@@ -287,37 +285,63 @@ fn status_of(e: Error) -> Response {
     }
 }
 
+/// What a proxy path names: namespace, object, port (if given) and the
+/// path to send it, all checked.
+struct Target {
+    ns: String,
+    name: String,
+    port: Option<String>,
+    path: String,
+}
+
+/// Reads the `{ns}` and `{target}` (`name[:port]`) path parameters and the
+/// rest of the raw path; every refusal is a 400 with the reason.
+fn target(
+    params: &HashMap<String, String>,
+    object: &str,
+    request: &Request,
+) -> Result<Target, String> {
+    let ns = params.get("ns").cloned().unwrap_or_default();
+    validate::dns1123_label(&ns).map_err(|why| format!("invalid namespace {ns:?}: {why}"))?;
+    let (name, port) = name_and_port(params.get(object).map(String::as_str).unwrap_or_default())?;
+    let path = proxied_path(request.uri().path(), "/proxy")?;
+    Ok(Target {
+        ns,
+        name,
+        port,
+        path,
+    })
+}
+
 async fn pod(
     State(p): State<Proxy>,
-    Path((ns, pod)): Path<(String, String)>,
+    Path(params): Path<HashMap<String, String>>,
     request: Request,
 ) -> Response {
-    proxy_pod(p, ns, pod, request).await
-}
-
-async fn pod_rest(
-    State(p): State<Proxy>,
-    Path((ns, pod, _)): Path<(String, String, String)>,
-    request: Request,
-) -> Response {
-    proxy_pod(p, ns, pod, request).await
-}
-
-async fn proxy_pod(p: Proxy, ns: String, target: String, request: Request) -> Response {
-    if let Err(why) = validate::dns1123_label(&ns) {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            format!("invalid namespace {ns:?}: {why}"),
-        );
+    match target(&params, "pod", &request) {
+        Ok(t) => proxy_pod(p, t, request).await,
+        Err(why) => fail(StatusCode::BAD_REQUEST, why),
     }
-    let (name, port) = match name_and_port(&target) {
-        Ok(x) => x,
-        Err(why) => return fail(StatusCode::BAD_REQUEST, why),
-    };
-    let path = match proxied_path(request.uri().path(), "/proxy") {
-        Ok(path) => path,
-        Err(why) => return fail(StatusCode::BAD_REQUEST, why),
-    };
+}
+
+async fn service(
+    State(p): State<Proxy>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    match target(&params, "svc", &request) {
+        Ok(t) => proxy_service(p, t, request).await,
+        Err(why) => fail(StatusCode::BAD_REQUEST, why),
+    }
+}
+
+async fn proxy_pod(p: Proxy, t: Target, request: Request) -> Response {
+    let Target {
+        ns,
+        name,
+        port,
+        path,
+    } = t;
     let (pod, status) = match p.pods.get(&ns, &name).await {
         Ok(x) => x,
         Err(e) => return status_of(e),
@@ -374,37 +398,13 @@ async fn proxy_pod(p: Proxy, ns: String, target: String, request: Request) -> Re
         .await
 }
 
-async fn service(
-    State(p): State<Proxy>,
-    Path((ns, svc)): Path<(String, String)>,
-    request: Request,
-) -> Response {
-    proxy_service(p, ns, svc, request).await
-}
-
-async fn service_rest(
-    State(p): State<Proxy>,
-    Path((ns, svc, _)): Path<(String, String, String)>,
-    request: Request,
-) -> Response {
-    proxy_service(p, ns, svc, request).await
-}
-
-async fn proxy_service(p: Proxy, ns: String, target: String, request: Request) -> Response {
-    if let Err(why) = validate::dns1123_label(&ns) {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            format!("invalid namespace {ns:?}: {why}"),
-        );
-    }
-    let (name, port) = match name_and_port(&target) {
-        Ok(x) => x,
-        Err(why) => return fail(StatusCode::BAD_REQUEST, why),
-    };
-    let path = match proxied_path(request.uri().path(), "/proxy") {
-        Ok(path) => path,
-        Err(why) => return fail(StatusCode::BAD_REQUEST, why),
-    };
+async fn proxy_service(p: Proxy, t: Target, request: Request) -> Response {
+    let Target {
+        ns,
+        name,
+        port,
+        path,
+    } = t;
     let service = match p
         .services
         .clone()
