@@ -393,6 +393,27 @@ pub mod bench {
         Stats { name, samples }
     }
 
+    /// The baseline every service benchmark compares with: one raw etcd
+    /// compare-and-put transaction from this process, on fresh keys under
+    /// `store`'s root.
+    pub async fn raw_etcd_txn(store: &crate::store::StoreConfig, rounds: usize) -> Stats {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let client = etcd_client::Client::connect(&store.endpoints, None)
+            .await
+            .expect("etcd answers");
+        time("raw etcd txn (baseline)", rounds, |i| {
+            let key = format!("{}/raw/{i}", store.root);
+            let mut client = client.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, "x", None)]);
+                client.txn(txn).await.expect("etcd answers");
+            }
+        })
+        .await
+    }
+
     /// Prints p50 and p99 and the ratio of the p50 to the baseline's.
     pub fn report(stats: &Stats, baseline: &Stats) {
         let (p50, p99, b50) = (

@@ -13,12 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use identity_svc::{Listeners, Server};
 use petset_core::shutdown::CancellationToken;
-use petset_core::testing::bench::{Stats, report, time};
+use petset_core::testing::bench::{Stats, raw_etcd_txn, report, time};
 use petset_proto::v1;
 use tokio::net::UdpSocket;
 
@@ -64,20 +63,7 @@ async fn main() {
         .into_inner()
         .lease_id;
 
-    let etcd_client = etcd_client::Client::connect([etcd.endpoint()], None)
-        .await
-        .unwrap();
-    let raw = time("raw etcd txn (baseline)", ROUNDS, |i| {
-        let key = format!("{}/raw/{i}", store.root);
-        let mut client = etcd_client.clone();
-        async move {
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, "x", None)]);
-            client.txn(txn).await.unwrap();
-        }
-    })
-    .await;
+    let raw = raw_etcd_txn(&store, ROUNDS).await;
 
     let reference = |i: usize| v1::IdentityRef {
         namespace: "default".into(),

@@ -19,12 +19,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use clap::Parser as _;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use identity_svc::issuance::Issuer;
 use petset_core::identity::IdentityRef;
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::Store;
-use petset_core::testing::bench::{report, time};
+use petset_core::testing::bench::{raw_etcd_txn, report, time};
 use petset_proto::v1;
 
 const ROUNDS: usize = 300;
@@ -134,20 +133,7 @@ async fn main() {
         .await
         .unwrap();
 
-    let etcd_client = etcd_client::Client::connect([etcd.endpoint()], None)
-        .await
-        .unwrap();
-    let raw = time("raw etcd txn (baseline)", ROUNDS, |i| {
-        let key = format!("{}/raw/{i}", store_config.root);
-        let mut client = etcd_client.clone();
-        async move {
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, "x", None)]);
-            client.txn(txn).await.unwrap();
-        }
-    })
-    .await;
+    let raw = raw_etcd_txn(&store_config, ROUNDS).await;
 
     let static_template = template(Some(""));
     let bind = time("EnsureClaims, binds a static volume", ROUNDS, |i| {
