@@ -116,6 +116,8 @@ enum Command {
 struct Clients {
     scheduler: Channel,
     namespace: String,
+    /// Where the other services are, asked once per run.
+    info: tokio::sync::OnceCell<v1::ClusterInfo>,
 }
 
 impl Clients {
@@ -132,6 +134,7 @@ impl Clients {
         Ok(Clients {
             scheduler,
             namespace: namespace.to_string(),
+            info: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -148,13 +151,17 @@ impl Clients {
     }
 
     async fn info(&self) -> Result<v1::ClusterInfo> {
-        Ok(
-            v1::cluster_client::ClusterClient::new(self.scheduler.clone())
-                .get_cluster_info(v1::GetClusterInfoRequest {})
-                .await
-                .map_err(explain)?
-                .into_inner(),
-        )
+        let info = self
+            .info
+            .get_or_try_init(|| async {
+                let answer = v1::cluster_client::ClusterClient::new(self.scheduler.clone())
+                    .get_cluster_info(v1::GetClusterInfoRequest {})
+                    .await
+                    .map_err(explain)?;
+                Ok::<_, anyhow::Error>(answer.into_inner())
+            })
+            .await?;
+        Ok(info.clone())
     }
 
     async fn storage(&self) -> Result<v1::storage_client::StorageClient<Channel>> {
