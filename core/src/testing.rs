@@ -223,7 +223,8 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback TCP port nobody listens on now (for a child process to bind).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -24,13 +24,6 @@ use tonic::transport::Channel;
 
 const PODS: usize = 40;
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn set(replicas: i32) -> v1::StatefulSet {
     let labels: HashMap<String, String> = [("app".to_string(), "bench".to_string())].into();
     v1::StatefulSet {
@@ -151,7 +144,10 @@ async fn main() {
         let s = shutdown.clone();
         async move { scheduler_svc::Server::run(&scheduler_config, scheduler_listener, s).await }
     });
-    let agent_addr = free_addr();
+    let agent_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", petset_core::testing::free_port())
+            .parse()
+            .unwrap();
     let agent_config = node_agent::Config::parse_from([
         "node-agent",
         "--name",

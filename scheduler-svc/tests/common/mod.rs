@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::{Store, StoreConfig};
-use petset_core::testing::{Tied, wait_for};
+use petset_core::testing::{Tied, free_port, wait_for};
 use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::nodes_client::NodesClient;
@@ -29,14 +29,6 @@ pub fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One scheduler-svc process.
