@@ -29,7 +29,7 @@ pub struct Etcd {
     data: PathBuf,
     // Kept for its lifetime only: dropping it removes the folder.
     _dir: Option<tempfile::TempDir>,
-    watchdog: Option<Child>,
+    watchdog: Option<Tied>,
 }
 
 /// The etcd all tests of this process share.
@@ -118,58 +118,37 @@ impl Etcd {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = self.data.join("etcd.log");
-        let watchdog = r#"
-            "$ETCD" "$@" >>"$LOG" 2>&1 &
-            pid=$!
-            read -r _ || true
-            kill "$pid" 2>/dev/null
-            wait "$pid" 2>/dev/null
-            if [ -n "$CLEANUP" ]; then rm -rf "$CLEANUP"; fi
-        "#;
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(watchdog)
-            .arg("etcd-watchdog")
-            .args(["--name", "test", "--data-dir"])
-            .arg(self.data.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .args(["--log-level", "warn", "--logger", "zap"])
-            .env("ETCD", etcd_binary())
-            .env("LOG", &log)
-            .env(
-                "CLEANUP",
-                if cleanup_on_exit {
-                    self.data.as_os_str()
-                } else {
-                    "".as_ref()
-                },
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawning sh: {e}"))?;
-        self.watchdog = Some(child);
+        let args: Vec<String> = [
+            "--name",
+            "test",
+            "--data-dir",
+            &self.data.join("data").display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("test={peer}"),
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let cleanup = cleanup_on_exit.then_some(self.data.as_path());
+        self.watchdog = Some(Tied::spawn_cleaning(&etcd_binary(), &args, &log, cleanup));
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if healthy(self.client_port) {
                 return Ok(());
             }
-            if let Some(child) = self.watchdog.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
+            if self.watchdog.as_ref().is_some_and(|w| !w.running()) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -200,11 +179,8 @@ impl Etcd {
 
     /// Stops etcd and waits for it to exit; its data stays.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.watchdog.take() {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(b"stop\n");
-            }
-            let _ = child.wait();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            watchdog.stop();
         }
     }
 
@@ -304,6 +280,17 @@ pub struct Tied {
 impl Tied {
     /// Starts `program args`, its output appended to `log`.
     pub fn spawn(program: &Path, args: &[String], log: &Path) -> Tied {
+        Tied::spawn_cleaning(program, args, log, None)
+    }
+
+    /// As [`Tied::spawn`], and removes `cleanup` once the program is gone
+    /// (even when the test process crashed).
+    pub fn spawn_cleaning(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        cleanup: Option<&Path>,
+    ) -> Tied {
         let script = r#"
             "$PROGRAM" "$@" >>"$LOG" 2>&1 &
             pid=$!
@@ -311,6 +298,7 @@ impl Tied {
             read -r _ || true
             kill "$pid" 2>/dev/null
             wait "$pid" 2>/dev/null
+            if [ -n "$CLEANUP" ]; then rm -rf "$CLEANUP"; fi
         "#;
         let mut watchdog = Command::new("sh")
             .arg("-c")
@@ -319,6 +307,7 @@ impl Tied {
             .args(args)
             .env("PROGRAM", program)
             .env("LOG", log)
+            .env("CLEANUP", cleanup.map(Path::as_os_str).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -331,6 +320,12 @@ impl Tied {
             pid.push(byte[0] as char);
         }
         Tied { watchdog, pid }
+    }
+
+    /// Whether the program still runs (it may have exited by itself).
+    pub fn running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .is_ok_and(|stat| !stat.contains(") Z "))
     }
 
     /// Kills the program with SIGKILL, as a crash would: it cannot clean up.
