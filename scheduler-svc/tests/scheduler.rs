@@ -117,22 +117,7 @@ async fn the_seed_sequence_2_then_1_then_3_keeps_and_rebinds_the_claim_of_ordina
         .await
         .unwrap()
         .into_inner();
-    let status = wait_for("status to catch up", WAIT, || {
-        let mut sets = sets.clone();
-        async move {
-            let s = sets
-                .get_stateful_set(v1::GetStatefulSetRequest {
-                    namespace: "default".into(),
-                    name: "kubia".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (s.ready_replicas == 3).then_some(s)
-        }
-    })
-    .await;
+    let status = wait_status(&sets, "status to catch up", |s| s.ready_replicas == 3).await;
     assert_eq!(status.observed_generation, set.metadata.unwrap().generation);
     assert_eq!(
         (
@@ -172,15 +157,7 @@ async fn the_seed_sequence_2_then_1_then_3_keeps_and_rebinds_the_claim_of_ordina
         );
     }
     // Pods were stopped highest ordinal first.
-    let stopped: Vec<String> = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|s| match s {
-            Seen::Stopped { pod, .. } => Some(pod.clone()),
-            _ => None,
-        })
-        .collect();
+    let stopped = stopped(&log);
     assert_eq!(stopped, ["kubia-1", "kubia-2", "kubia-1", "kubia-0"]);
     cluster.stop().await;
 }
@@ -308,20 +285,8 @@ async fn a_rolling_update_with_a_partition_updates_from_the_top_down_to_it() {
         .unwrap()
         .into_inner();
     assert_eq!(applied.metadata.unwrap().generation, 2);
-    let status = wait_for("two pods updated", WAIT, || {
-        let mut sets = sets.clone();
-        async move {
-            let s = sets
-                .get_stateful_set(v1::GetStatefulSetRequest {
-                    namespace: "default".into(),
-                    name: "kubia".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (s.updated_replicas == 2 && s.ready_replicas == 3).then_some(s)
-        }
+    let status = wait_status(&sets, "two pods updated", |s| {
+        s.updated_replicas == 2 && s.ready_replicas == 3
     })
     .await;
     assert_eq!(
@@ -332,15 +297,7 @@ async fn a_rolling_update_with_a_partition_updates_from_the_top_down_to_it() {
     assert_eq!(after["kubia-0"].revision, old_revision);
     assert_eq!(after["kubia-1"].revision, status.update_revision);
     assert_eq!(after["kubia-2"].revision, status.update_revision);
-    let stopped: Vec<String> = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|s| match s {
-            Seen::Stopped { pod, .. } => Some(pod.clone()),
-            _ => None,
-        })
-        .collect();
+    let stopped = stopped(&log);
     assert_eq!(
         stopped,
         ["kubia-2", "kubia-1"],
@@ -363,23 +320,8 @@ async fn a_rolling_update_with_a_partition_updates_from_the_top_down_to_it() {
     })
     .await
     .unwrap();
-    let done = wait_for("the rollout to finish", WAIT, || {
-        let mut sets = sets.clone();
-        async move {
-            let s = sets
-                .get_stateful_set(v1::GetStatefulSetRequest {
-                    namespace: "default".into(),
-                    name: "kubia".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (s.updated_replicas == 3
-                && s.ready_replicas == 3
-                && s.current_revision == s.update_revision)
-                .then_some(s)
-        }
+    let done = wait_status(&sets, "the rollout to finish", |s| {
+        s.updated_replicas == 3 && s.ready_replicas == 3 && s.current_revision == s.update_revision
     })
     .await;
     assert_eq!(done.current_replicas, 3);

@@ -163,18 +163,15 @@ async fn a_static_volume_too_small_or_of_another_class_is_never_bound() {
 async fn fifty_concurrent_ensures_for_one_ordinal_make_one_claim_and_one_volume() {
     let server = TestStorage::start("fifty-ensures").await;
     let mut client = server.client().await;
-    client
-        .apply_storage_class(v1::ApplyStorageClassRequest {
-            storage_class: Some(class(
-                "shared",
-                "petset.io/shared",
-                "Immediate",
-                "Delete",
-                true,
-            )),
-        })
-        .await
-        .unwrap();
+    apply_class(
+        &mut client,
+        "shared",
+        "petset.io/shared",
+        "Immediate",
+        "Delete",
+        true,
+    )
+    .await;
     let template = data_template("1Mi", None);
     let calls = (0..50).map(|_| {
         let mut client = client.clone();
@@ -223,18 +220,15 @@ async fn a_second_node_attaches_a_rwo_volume_only_after_the_first_holder_lets_go
     let server = TestStorage::start("fenced-attach").await;
     let mut client = server.client().await;
     let store = server.etcd().await;
-    client
-        .apply_storage_class(v1::ApplyStorageClassRequest {
-            storage_class: Some(class(
-                "shared",
-                "petset.io/shared",
-                "Immediate",
-                "Delete",
-                false,
-            )),
-        })
-        .await
-        .unwrap();
+    apply_class(
+        &mut client,
+        "shared",
+        "petset.io/shared",
+        "Immediate",
+        "Delete",
+        false,
+    )
+    .await;
     let template = data_template("1Mi", Some("shared"));
     client
         .ensure_claims(ensure_request("db", 0, &template, ""))
@@ -326,18 +320,15 @@ async fn read_write_many_attaches_on_many_nodes() {
     let server = TestStorage::start("rwx-attach").await;
     let mut client = server.client().await;
     let store = server.etcd().await;
-    client
-        .apply_storage_class(v1::ApplyStorageClassRequest {
-            storage_class: Some(class(
-                "shared",
-                "petset.io/shared",
-                "Immediate",
-                "Delete",
-                false,
-            )),
-        })
-        .await
-        .unwrap();
+    apply_class(
+        &mut client,
+        "shared",
+        "petset.io/shared",
+        "Immediate",
+        "Delete",
+        false,
+    )
+    .await;
     let mut template = data_template("1Mi", Some("shared"));
     template.spec.as_mut().unwrap().access_modes = vec!["ReadWriteMany".into()];
     let claim = claim_of(
@@ -375,18 +366,15 @@ async fn read_write_many_attaches_on_many_nodes() {
 async fn node_local_volumes_are_made_on_the_pods_node_and_pin_it() {
     let server = TestStorage::start("node-local").await;
     let mut client = server.client().await;
-    client
-        .apply_storage_class(v1::ApplyStorageClassRequest {
-            storage_class: Some(class(
-                "local",
-                "petset.io/node-local",
-                "WaitForFirstConsumer",
-                "Delete",
-                true,
-            )),
-        })
-        .await
-        .unwrap();
+    apply_class(
+        &mut client,
+        "local",
+        "petset.io/node-local",
+        "WaitForFirstConsumer",
+        "Delete",
+        true,
+    )
+    .await;
     let template = data_template("1Mi", None);
     let waiting = client
         .ensure_claims(ensure_request("zk", 0, &template, ""))
@@ -550,18 +538,15 @@ async fn each_reclaim_policy_does_what_it_says_on_disk() {
     );
 
     // A provisioned volume of a Delete class goes with its claim.
-    client
-        .apply_storage_class(v1::ApplyStorageClassRequest {
-            storage_class: Some(class(
-                "shared",
-                "petset.io/shared",
-                "Immediate",
-                "Delete",
-                false,
-            )),
-        })
-        .await
-        .unwrap();
+    apply_class(
+        &mut client,
+        "shared",
+        "petset.io/shared",
+        "Immediate",
+        "Delete",
+        false,
+    )
+    .await;
     let made = client
         .ensure_claims(ensure_request(
             "tmp",
@@ -583,18 +568,15 @@ async fn each_reclaim_policy_does_what_it_says_on_disk() {
 async fn a_request_larger_than_the_free_space_is_refused_and_nothing_is_made() {
     let server = TestStorage::start("too-large").await;
     let mut client = server.client().await;
-    client
-        .apply_storage_class(v1::ApplyStorageClassRequest {
-            storage_class: Some(class(
-                "shared",
-                "petset.io/shared",
-                "Immediate",
-                "Delete",
-                true,
-            )),
-        })
-        .await
-        .unwrap();
+    apply_class(
+        &mut client,
+        "shared",
+        "petset.io/shared",
+        "Immediate",
+        "Delete",
+        true,
+    )
+    .await;
     let (keys, disk) = (all_keys(&server.store).await, server.disk());
     let refused = client
         .ensure_claims(ensure_request("big", 0, &data_template("1Ei", None), ""))

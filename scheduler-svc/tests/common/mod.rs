@@ -559,3 +559,40 @@ pub async fn wait_ready(
     })
     .await
 }
+
+/// Waits until kubia's status satisfies `done`, and answers it.
+pub async fn wait_status(
+    sets: &StatefulSetsClient<Channel>,
+    what: &str,
+    done: impl Fn(&v1::StatefulSetStatus) -> bool,
+) -> v1::StatefulSetStatus {
+    wait_for(what, WAIT, || {
+        let mut sets = sets.clone();
+        let done = &done;
+        async move {
+            let s = sets
+                .get_stateful_set(v1::GetStatefulSetRequest {
+                    namespace: "default".into(),
+                    name: "kubia".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            done(&s).then_some(s)
+        }
+    })
+    .await
+}
+
+/// The pods the simulated agents stopped, in order.
+pub fn stopped(log: &Mutex<Vec<Seen>>) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Stopped { pod, .. } => Some(pod.clone()),
+            _ => None,
+        })
+        .collect()
+}

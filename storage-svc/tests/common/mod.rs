@@ -202,6 +202,23 @@ pub fn class(
     }
 }
 
+/// Applies a class (see [`class`]).
+pub async fn apply_class(
+    client: &mut StorageClient<Channel>,
+    name: &str,
+    provisioner: &str,
+    mode: &str,
+    policy: &str,
+    default: bool,
+) {
+    client
+        .apply_storage_class(v1::ApplyStorageClassRequest {
+            storage_class: Some(class(name, provisioner, mode, policy, default)),
+        })
+        .await
+        .unwrap();
+}
+
 /// The seed's `data` template: 1Mi, ReadWriteOnce, class as given.
 pub fn data_template(size: &str, class: Option<&str>) -> v1::PersistentVolumeClaimTemplate {
     v1::PersistentVolumeClaimTemplate {
