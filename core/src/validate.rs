@@ -244,6 +244,22 @@ pub fn namespace_or_default(namespace: &str) -> String {
     }
 }
 
+/// Checks a request's `namespace` (empty: `default`, else a DNS-1123 label)
+/// and `name` (under `name_rule`), naming both fields; answers the
+/// namespace.
+pub fn namespaced_name(
+    namespace: &str,
+    name: &str,
+    name_rule: fn(&str) -> Result<(), String>,
+) -> crate::Result<String> {
+    let namespace = namespace_or_default(namespace);
+    let mut v = Violations::new();
+    v.check("namespace", dns1123_label(&namespace));
+    v.check("name", name_rule(name));
+    v.into_result()?;
+    Ok(namespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

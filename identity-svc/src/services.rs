@@ -157,11 +157,7 @@ pub fn parse(service: Option<&v1::Service>) -> Result<ServiceInput> {
 
 /// Names a service for `namespace/name` validation on reads.
 pub fn parse_name(namespace: &str, name: &str) -> Result<(String, String)> {
-    let namespace = validate::namespace_or_default(namespace);
-    let mut v = Violations::new();
-    v.check("namespace", validate::dns1123_label(&namespace));
-    v.check("name", dns1035_label(name));
-    v.into_result()?;
+    let namespace = validate::namespaced_name(namespace, name, dns1035_label)?;
     Ok((namespace, name.to_string()))
 }
 

@@ -33,12 +33,7 @@ pub const FORCE_WARNING: &str = "Immediate deletion does not wait for confirmati
 
 /// Checks `namespace/name`.
 pub fn parse_name(namespace: &str, name: &str) -> Result<String> {
-    let namespace = validate::namespace_or_default(namespace);
-    let mut v = Violations::new();
-    v.check("namespace", validate::dns1123_label(&namespace));
-    v.check("name", validate::dns1123_label(name));
-    v.into_result()?;
-    Ok(namespace)
+    validate::namespaced_name(namespace, name, validate::dns1123_label)
 }
 
 /// The stored pods.

@@ -48,12 +48,7 @@ fn name_check(field: &str, name: &str) -> Result<()> {
 }
 
 fn namespaced(namespace: &str, name: &str) -> Result<String> {
-    let namespace = validate::namespace_or_default(namespace);
-    let mut v = Violations::new();
-    v.check("namespace", validate::dns1123_label(&namespace));
-    v.check("name", validate::dns1123_subdomain(name));
-    v.into_result()?;
-    Ok(namespace)
+    validate::namespaced_name(namespace, name, validate::dns1123_subdomain)
 }
 
 fn class_to_api(c: &Versioned<ClassRecord>) -> v1::StorageClass {
