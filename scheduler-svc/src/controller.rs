@@ -395,8 +395,7 @@ impl Controller {
             }
         }
         if !matches!(actions.last(), Some(Action::RemoveSet)) || blocked.is_some() {
-            let pod_views: Vec<PodView> = views;
-            self.write_status(term, world, ns, name, set, &view, &pod_views, blocked)
+            self.write_status(term, world, ns, name, set, &view, &views, blocked)
                 .await?;
         }
         Ok(taken)
