@@ -19,6 +19,15 @@ pub enum Isolation {
     None,
 }
 
+/// Where pods run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Processes on this host (see `--isolation`).
+    Process,
+    /// Docker containers, each with its own address on a Docker network.
+    Docker,
+}
+
 /// node-agent: runs the pods the scheduler binds to this node.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "node-agent", version, about)]
@@ -65,11 +74,36 @@ pub struct Config {
         default_value = "/var/lib/petset/agent"
     )]
     pub data_dir: PathBuf,
-    /// The program to run for an image when a container has no command:
-    /// `IMAGE=PROGRAM`, repeatable (or ','-separated in the variable). An
-    /// image's tag may be left out to match every tag.
-    #[arg(long = "image", env = "PETSET_IMAGE_MAP", value_delimiter = ',', value_parser = parse_image)]
-    pub images: Vec<(String, PathBuf)>,
+    /// Process runtime: the program to run for an image when a container
+    /// has no command, `IMAGE=PROGRAM`. Docker runtime: the local image to
+    /// run for an image, `IMAGE=LOCAL-IMAGE` (unmapped images run as
+    /// named). Repeatable (or ','-separated in the variable); an image's
+    /// tag may be left out to match every tag.
+    #[arg(long = "image", env = "PETSET_IMAGE_MAP", value_delimiter = ',', value_parser = parse_pair)]
+    pub images: Vec<(String, String)>,
+    /// Where pods run.
+    #[arg(long, env = "PETSET_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// Docker runtime: the network pods join (default: the network of the
+    /// agent's own container).
+    #[arg(long, env = "PETSET_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
+    /// Docker runtime: the container whose PID namespace pods join, so that
+    /// they die with it: `auto` (the agent's own container, when it runs in
+    /// one), `none`, or a container name or ID.
+    #[arg(long, env = "PETSET_DOCKER_SANDBOX", default_value = "auto")]
+    pub docker_sandbox: String,
+    /// Docker runtime: the pods' DNS server (identity-svc's DNS, on port
+    /// 53): an address, or a name the agent resolves when it starts.
+    #[arg(long, env = "PETSET_POD_DNS")]
+    pub pod_dns: Option<String>,
+    /// The cluster's DNS zone (pods' search path).
+    #[arg(long, env = "PETSET_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The node's address in its Node record (default: the agent
+    /// container's address with the Docker runtime, else 127.0.0.1).
+    #[arg(long, env = "PETSET_NODE_ADDRESS")]
+    pub node_address: Option<String>,
     /// Node lease TTL, seconds.
     #[arg(long, env = "PETSET_NODE_LEASE_TTL", default_value_t = 10)]
     pub lease_ttl: i64,
@@ -95,14 +129,9 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
-    let (image, program) = parse_pair(text)?;
-    Ok((image, PathBuf::from(program)))
-}
-
 impl Config {
     /// The image map, by image name.
-    pub fn image_map(&self) -> BTreeMap<String, PathBuf> {
+    pub fn image_map(&self) -> BTreeMap<String, String> {
         self.images.iter().cloned().collect()
     }
 }

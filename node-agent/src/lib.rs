@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`pods`]: one pod's life: attach, run, probe, restart, report, stop.
 //! - [`runtime`]: a container as a process (namespaces, mounts, signals).
+//! - [`docker`]: a container as a Docker container (`--runtime docker`).
 //! - [`probes`]: readiness and liveness probes.
 //! - [`config`]: the agent's settings (flags and environment).
 //!
@@ -17,6 +18,7 @@
 //! - A pod's processes end with the agent (parent-death signal).
 
 pub mod config;
+pub mod docker;
 pub mod pods;
 pub mod probes;
 pub mod runtime;
@@ -42,7 +44,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-pub use config::{Config, Isolation};
+pub use config::{Config, Isolation, RuntimeKind};
 
 use crate::pods::{Context, Stop};
 
@@ -89,29 +91,58 @@ impl Agent {
                 reason: e.to_string(),
             });
         }
-        let namespaces = match config.isolation {
-            Isolation::Namespaces if !runtime::is_root() => {
-                return Err(ServeError::Config {
-                    setting: "isolation",
-                    reason: "namespaces need root; run as root or use --isolation none".into(),
-                });
-            }
-            Isolation::Namespaces => true,
-            Isolation::None => false,
-            Isolation::Auto => runtime::is_root(),
-        };
-        if !namespaces {
+        let namespaces = config.runtime == RuntimeKind::Process
+            && match config.isolation {
+                Isolation::Namespaces if !runtime::is_root() => {
+                    return Err(ServeError::Config {
+                        setting: "isolation",
+                        reason: "namespaces need root; run as root or use --isolation none".into(),
+                    });
+                }
+                Isolation::Namespaces => true,
+                Isolation::None => false,
+                Isolation::Auto => runtime::is_root(),
+            };
+        if !namespaces && config.runtime == RuntimeKind::Process {
             tracing::warn!(
                 "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
             );
         }
+        let mut node_address = config.node_address.clone();
+        let runtime = match config.runtime {
+            RuntimeKind::Process => runtime::Runtime::Process { namespaces },
+            RuntimeKind::Docker => {
+                let settings = docker::DockerSettings {
+                    network: config.docker_network.clone(),
+                    sandbox: config.docker_sandbox.clone(),
+                    pod_dns: config.pod_dns.clone(),
+                    cluster_domain: config.cluster_domain.clone(),
+                };
+                let docker = docker::DockerRuntime::connect(&config.name, &settings)
+                    .await
+                    .map_err(|reason| ServeError::Config {
+                        setting: "runtime",
+                        reason,
+                    })?;
+                match docker.remove_leftovers().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "removed containers an earlier run left"),
+                    Err(e) => tracing::warn!(error = %e, "cannot list earlier containers"),
+                }
+                tracing::info!(network = %docker.network, sandbox = ?docker.sandbox, "pods run as Docker containers");
+                if node_address.is_none() {
+                    node_address = docker.sandbox_address.clone();
+                }
+                runtime::Runtime::Docker(Box::new(docker))
+            }
+        };
         let identity = lazy_channel("identity-addr", &config.identity_addr)?;
         let ctx = Arc::new(Context {
             node: config.name.clone(),
             images: config.image_map(),
             data_dir: config.data_dir.clone(),
             backoff: Duration::from_secs(config.restart_backoff.max(1)),
-            namespaces,
+            runtime,
             nodes: NodesClient::new(lazy_channel("scheduler-addr", &config.scheduler_addr)?),
             identities: IdentitiesClient::new(identity.clone()),
             storage: StorageClient::new(lazy_channel("storage-addr", &config.storage_addr)?),
@@ -132,6 +163,7 @@ impl Agent {
             running: BTreeMap::new(),
             config: config.clone(),
             agent_endpoint,
+            node_address: node_address.unwrap_or_else(|| "127.0.0.1".into()),
         };
         node.run(shutdown.clone(), LeasesClient::new(identity))
             .await;
@@ -151,6 +183,7 @@ struct NodeLoop {
     running: BTreeMap<String, Running>,
     config: Config,
     agent_endpoint: String,
+    node_address: String,
 }
 
 impl NodeLoop {
@@ -163,7 +196,7 @@ impl NodeLoop {
         loop {
             let request = v1::RegisterNodeRequest {
                 name: self.config.name.clone(),
-                address: "127.0.0.1".into(),
+                address: self.node_address.clone(),
                 capacity: capacity.clone(),
                 labels: self.config.labels.iter().cloned().collect(),
                 ttl_seconds: self.config.lease_ttl,

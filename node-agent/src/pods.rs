@@ -27,12 +27,11 @@ use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::nodes_client::NodesClient;
 use petset_proto::v1::storage_client::StorageClient;
-use rustix::process::Signal;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::probes::{self, Outcome};
-use crate::runtime::{self, Launch};
+use crate::runtime::{self, Launch, Running, Runtime};
 
 /// Longest restart back-off, as the kubelet's.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -53,14 +52,14 @@ pub enum Stop {
 pub struct Context {
     /// The node's name.
     pub node: String,
-    /// image → program.
-    pub images: BTreeMap<String, PathBuf>,
+    /// image → program (process runtime) or local image (Docker runtime).
+    pub images: BTreeMap<String, String>,
     /// Where logs and emptyDirs live.
     pub data_dir: PathBuf,
     /// First restart back-off step.
     pub backoff: Duration,
-    /// Own namespaces per container.
-    pub namespaces: bool,
+    /// Where containers run.
+    pub runtime: runtime::Runtime,
     /// scheduler-svc.
     pub nodes: NodesClient<Channel>,
     /// identity-svc.
@@ -77,9 +76,9 @@ impl Context {
             .join(format!("{namespace}_{name}"))
     }
 
-    /// The program for an image: an exact match, or the image without its
-    /// tag.
-    pub fn program_for(&self, image: &str) -> Option<PathBuf> {
+    /// What the image map says for an image: an exact match, or the image
+    /// without its tag.
+    pub fn program_for(&self, image: &str) -> Option<String> {
         self.images.get(image).cloned().or_else(|| {
             let untagged = image.rsplit_once(':').map(|(i, _)| i).unwrap_or(image);
             self.images.get(untagged).cloned()
@@ -264,17 +263,6 @@ fn launch_for(
 ) -> Result<Launch, String> {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    let mut argv = container.command.clone();
-    if argv.is_empty() {
-        let program = ctx.program_for(&container.image).ok_or_else(|| {
-            format!(
-                "image {:?} has no command and is not mapped to a program on node {}: start the agent with --image {}=/path/to/program",
-                container.image, ctx.node, container.image
-            )
-        })?;
-        argv.push(program.display().to_string());
-    }
-    argv.extend(container.args.iter().cloned());
     let mut mounts = Vec::new();
     for m in &container.volume_mounts {
         let src = volumes
@@ -282,16 +270,44 @@ fn launch_for(
             .ok_or_else(|| format!("volume {:?} is not available on this node", m.name))?;
         mounts.push((src.clone(), m.mount_path.clone()));
     }
-    if !mounts.is_empty() && !ctx.namespaces {
-        return Err(format!(
-            "the node agent runs without namespace isolation (not root, or --isolation none), so volumes cannot be \
-             mounted at their mountPath ({}); run node-agent as root",
-            mounts
-                .iter()
-                .map(|(_, d)| d.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    let mut argv = Vec::new();
+    let mut image = container.image.clone();
+    match &ctx.runtime {
+        Runtime::Docker(_) => {
+            if spec.containers.len() > 1 {
+                return Err(format!(
+                    "the Docker runtime runs one container per pod (the pod's address is the container's); this pod has {}",
+                    spec.containers.len()
+                ));
+            }
+            if let Some(local) = ctx.program_for(&container.image) {
+                image = local;
+            }
+        }
+        Runtime::Process { namespaces } => {
+            argv = container.command.clone();
+            if argv.is_empty() {
+                let program = ctx.program_for(&container.image).ok_or_else(|| {
+                    format!(
+                        "image {:?} has no command and is not mapped to a program on node {}: start the agent with --image {}=/path/to/program",
+                        container.image, ctx.node, container.image
+                    )
+                })?;
+                argv.push(program);
+            }
+            argv.extend(container.args.iter().cloned());
+            if !mounts.is_empty() && !namespaces {
+                return Err(format!(
+                    "the node agent runs without namespace isolation (not root, or --isolation none), so volumes cannot be \
+                     mounted at their mountPath ({}); run node-agent as root",
+                    mounts
+                        .iter()
+                        .map(|(_, d)| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
     }
     let hostname = if spec.hostname.is_empty() {
         meta.name.clone()
@@ -307,26 +323,44 @@ fn launch_for(
     env.insert("POD_NAMESPACE".into(), meta.namespace.clone());
     env.insert("POD_IP".into(), ip.to_string());
     env.insert("HOSTNAME".into(), hostname.clone());
-    env.entry("PATH".into()).or_insert_with(|| {
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-    });
+    if let Runtime::Process { .. } = ctx.runtime {
+        // A Docker image brings its own PATH.
+        env.entry("PATH".into()).or_insert_with(|| {
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        });
+    }
     Ok(Launch {
         argv,
+        image,
+        command: container.command.clone(),
+        args: container.args.clone(),
+        pod: format!("{}/{}", meta.namespace, meta.name),
+        namespace: meta.namespace.clone(),
+        engine_name: format!(
+            "petset_{}_{}_{}_{}_{}",
+            container.name, meta.name, meta.namespace, ctx.node, pod.incarnation
+        ),
+        ip,
         env,
         working_dir: (!container.working_dir.is_empty())
             .then(|| PathBuf::from(&container.working_dir)),
         hostname,
         mounts,
-        namespaces: ctx.namespaces,
+        namespaces: matches!(ctx.runtime, Runtime::Process { namespaces: true }),
     })
 }
 
-/// Sends SIGTERM, then SIGKILL after `grace`, and waits for the exit.
-async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
-    runtime::signal(child, Signal::TERM);
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        runtime::signal(child, Signal::KILL);
-        let _ = child.wait().await;
+/// The Docker runtime names each run of a container after the agent's
+/// container too, so that two stacks on one engine never collide.
+fn sandbox_suffix(runtime: &Runtime) -> Option<String> {
+    match runtime {
+        Runtime::Docker(d) => Some(
+            d.sandbox
+                .as_deref()
+                .map(|s| s.chars().take(12).collect())
+                .unwrap_or_else(|| "host".to_string()),
+        ),
+        Runtime::Process { .. } => None,
     }
 }
 
@@ -343,7 +377,6 @@ async fn run_container(
     grace: i64,
 ) {
     let grace = Duration::from_secs(grace.max(0) as u64);
-    let env: Vec<(String, String)> = launch.env.clone().into_iter().collect();
     let mut backoff = Duration::ZERO;
     let mut restarts = 0;
     let set = |f: &dyn Fn(&mut ContainerState)| state.send_modify(|s| f(&mut s[index]));
@@ -367,13 +400,21 @@ async fn run_container(
         if log.exists() {
             let _ = std::fs::rename(&log, log.with_extension("previous.log"));
         }
-        let spawned = launch.command(&log).and_then(|mut c| c.spawn());
-        let mut child = match spawned {
+        let mut run = launch.clone();
+        if let Some(sandbox) = sandbox_suffix(&ctx.runtime) {
+            run.engine_name = format!("{}_{restarts}_{sandbox}", launch.engine_name);
+        }
+        let mut child: Running = match run.start(&ctx.runtime, &log).await {
             Ok(child) => child,
-            Err(e) => {
-                let message = format!("cannot start {:?}: {e}", launch.argv.first());
+            Err(message) => {
+                tracing::warn!(container = %container.name, %message, "container did not start");
+                let reason = if message.contains("never pulled") {
+                    "ErrImageNeverPull"
+                } else {
+                    "StartError"
+                };
                 set(&|s| {
-                    s.reason = "StartError".into();
+                    s.reason = reason.into();
                     s.message = message.clone();
                 });
                 backoff = next_backoff(backoff, ctx.backoff);
@@ -396,8 +437,12 @@ async fn run_container(
             ("liveness", &container.liveness_probe),
         ] {
             if let Some(probe) = probe.clone() {
-                let (tx, ports, env) = (probe_tx.clone(), container.ports.clone(), env.clone());
-                probe_tasks.spawn(probe_loop(kind, probe, ip, ports, env, tx));
+                let (tx, ports, exec) = (
+                    probe_tx.clone(),
+                    container.ports.clone(),
+                    child.exec(&launch.env),
+                );
+                probe_tasks.spawn(probe_loop(kind, probe, ip, ports, exec, tx));
             }
         }
         let outcome = loop {
@@ -405,19 +450,16 @@ async fn run_container(
                 _ = stop.changed() => {
                     let how = *stop.borrow();
                     match how {
-                        Some(Stop::Fence) | None => {
-                            runtime::signal(&child, Signal::KILL);
-                            let _ = child.wait().await;
-                        }
-                        Some(Stop::Graceful(g)) => terminate(&mut child, g).await,
+                        Some(Stop::Fence) | None => child.kill().await,
+                        Some(Stop::Graceful(g)) => child.terminate(g).await,
                     }
                     return;
                 }
-                status = child.wait() => break format!("exited with {}", status.map(|s| s.to_string()).unwrap_or_default()),
+                outcome = child.wait() => break outcome,
                 Some((kind, ok)) = probes.recv() => match kind {
                     "readiness" => set(&|s| s.ready = ok),
                     _ if !ok => {
-                        terminate(&mut child, grace).await;
+                        child.terminate(grace).await;
                         break "failed its liveness probe".to_string();
                     }
                     _ => {}
@@ -458,7 +500,7 @@ async fn probe_loop(
     probe: v1::Probe,
     ip: IpAddr,
     ports: Vec<v1::ContainerPort>,
-    env: Vec<(String, String)>,
+    exec: probes::Exec,
     verdicts: tokio::sync::mpsc::Sender<(&'static str, bool)>,
 ) {
     let period = Duration::from_secs(probe.period_seconds.max(1) as u64);
@@ -469,7 +511,7 @@ async fn probe_loop(
     let (mut successes, mut failures) = (0, 0);
     let mut verdict: Option<bool> = None;
     loop {
-        match probes::run(&probe, ip, &ports, &env).await {
+        match probes::run(&probe, ip, &ports, &exec).await {
             Outcome::Success => {
                 successes += 1;
                 failures = 0;

@@ -20,6 +20,15 @@ pub enum Outcome {
     Failure(String),
 }
 
+/// Where an `exec` probe's command runs.
+#[derive(Debug, Clone)]
+pub enum Exec {
+    /// On the host, with the container's environment (process runtime).
+    Host(Vec<(String, String)>),
+    /// Inside the container (Docker runtime).
+    Docker(crate::docker::ExecTarget),
+}
+
 /// Resolves a probe's port: a number or a container port's name.
 pub fn port(text: &str, ports: &[v1::ContainerPort]) -> Option<u16> {
     text.parse::<u16>().ok().or_else(|| {
@@ -35,10 +44,10 @@ pub async fn run(
     probe: &v1::Probe,
     ip: IpAddr,
     ports: &[v1::ContainerPort],
-    env: &[(String, String)],
+    exec: &Exec,
 ) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.max(1) as u64);
-    match tokio::time::timeout(timeout, attempt(probe, ip, ports, env)).await {
+    match tokio::time::timeout(timeout, attempt(probe, ip, ports, exec)).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Failure(format!("timed out after {timeout:?}")),
     }
@@ -48,7 +57,7 @@ async fn attempt(
     probe: &v1::Probe,
     ip: IpAddr,
     ports: &[v1::ContainerPort],
-    env: &[(String, String)],
+    exec: &Exec,
 ) -> Outcome {
     if let Some(http) = &probe.http_get {
         let Some(p) = port(&http.port, ports) else {
@@ -66,9 +75,13 @@ async fn attempt(
             Err(e) => Outcome::Failure(format!("dial tcp {ip}:{p}: {e}")),
         };
     }
-    if let Some(exec) = &probe.exec {
-        let Some((program, args)) = exec.command.split_first() else {
+    if let Some(action) = &probe.exec {
+        let Some((program, args)) = action.command.split_first() else {
             return Outcome::Failure("empty command".into());
+        };
+        let env = match exec {
+            Exec::Host(env) => env,
+            Exec::Docker(target) => return target.run(&action.command).await,
         };
         return match tokio::process::Command::new(program)
             .args(args)
@@ -159,21 +172,24 @@ mod tests {
             ..Default::default()
         }];
         assert_eq!(
-            run(&http("http", "/"), ip, &ports, &[]).await,
+            run(&http("http", "/"), ip, &ports, &Exec::Host(vec![])).await,
             Outcome::Success,
             "by port name"
         );
         let redirect = server(302).await.to_string();
         assert_eq!(
-            run(&http(&redirect, "/"), ip, &[], &[]).await,
+            run(&http(&redirect, "/"), ip, &[], &Exec::Host(vec![])).await,
             Outcome::Success
         );
         let failing = server(500).await.to_string();
-        let Outcome::Failure(why) = run(&http(&failing, "/healthz"), ip, &[], &[]).await else {
+        let Outcome::Failure(why) =
+            run(&http(&failing, "/healthz"), ip, &[], &Exec::Host(vec![])).await
+        else {
             panic!("500 passed")
         };
         assert!(why.contains("statuscode: 500"), "{why}");
-        let Outcome::Failure(why) = run(&http("nope", "/"), ip, &ports, &[]).await else {
+        let Outcome::Failure(why) = run(&http("nope", "/"), ip, &ports, &Exec::Host(vec![])).await
+        else {
             panic!()
         };
         assert!(why.contains("not a container port"), "{why}");
@@ -188,13 +204,16 @@ mod tests {
             timeout_seconds: 1,
             ..Default::default()
         };
-        assert_eq!(run(&tcp(&open), ip, &[], &[]).await, Outcome::Success);
+        assert_eq!(
+            run(&tcp(&open), ip, &[], &Exec::Host(vec![])).await,
+            Outcome::Success
+        );
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port().to_string()
         };
         assert!(matches!(
-            run(&tcp(&closed), ip, &[], &[]).await,
+            run(&tcp(&closed), ip, &[], &Exec::Host(vec![])).await,
             Outcome::Failure(_)
         ));
         let exec = |cmd: &[&str]| v1::Probe {
@@ -204,16 +223,24 @@ mod tests {
             timeout_seconds: 1,
             ..Default::default()
         };
-        let env = [("READY".to_string(), "yes".to_string())];
+        let env = vec![("READY".to_string(), "yes".to_string())];
         assert_eq!(
-            run(&exec(&["sh", "-c", "test \"$READY\" = yes"]), ip, &[], &env).await,
+            run(
+                &exec(&["sh", "-c", "test \"$READY\" = yes"]),
+                ip,
+                &[],
+                &Exec::Host(env.clone())
+            )
+            .await,
             Outcome::Success
         );
         assert!(matches!(
-            run(&exec(&["false"]), ip, &[], &env).await,
+            run(&exec(&["false"]), ip, &[], &Exec::Host(env.clone())).await,
             Outcome::Failure(_)
         ));
-        let Outcome::Failure(why) = run(&exec(&["sleep", "5"]), ip, &[], &env).await else {
+        let Outcome::Failure(why) =
+            run(&exec(&["sleep", "5"]), ip, &[], &Exec::Host(env.clone())).await
+        else {
             panic!()
         };
         assert!(why.contains("timed out"), "{why}");

@@ -1,6 +1,7 @@
-//! Running a container as a process.
+//! Running a container: as a process (the default runtime, here) or as a
+//! Docker container ([`crate::docker`]); [`Running`] is either.
 //!
-//! # Guarantees
+//! # Guarantees of the process runtime
 //! - With namespace isolation (root), each container runs in its own UTS and
 //!   mount namespaces (`unshare`): its hostname is the pod's, and each
 //!   volume is bind-mounted at its `mountPath` in that namespace only, so
@@ -18,11 +19,99 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
+use crate::docker::{self, DockerRuntime};
+use crate::probes::Exec;
+
+/// Where the node's containers run.
+#[derive(Debug, Clone)]
+pub enum Runtime {
+    /// Processes on this host; `namespaces`: own UTS and mount namespaces.
+    Process {
+        /// Own namespaces per container (root).
+        namespaces: bool,
+    },
+    /// Docker containers on a Docker network.
+    Docker(Box<DockerRuntime>),
+}
+
+/// A running container.
+#[derive(Debug)]
+pub enum Running {
+    /// A process group.
+    Process(Child),
+    /// A Docker container.
+    Docker(docker::Started),
+}
+
+impl Running {
+    /// Waits for the container to end (cancel-safe); how it ended.
+    pub async fn wait(&mut self) -> String {
+        match self {
+            Running::Process(child) => format!(
+                "exited with {}",
+                child
+                    .wait()
+                    .await
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
+            Running::Docker(c) => c.wait().await,
+        }
+    }
+
+    /// SIGTERM to every process, SIGKILL after `grace`; waits for the end.
+    pub async fn terminate(&mut self, grace: std::time::Duration) {
+        match self {
+            Running::Process(child) => {
+                signal(child, rustix::process::Signal::TERM);
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    signal(child, rustix::process::Signal::KILL);
+                    let _ = child.wait().await;
+                }
+            }
+            Running::Docker(c) => c.terminate(grace).await,
+        }
+    }
+
+    /// SIGKILL to every process; waits for the end.
+    pub async fn kill(&mut self) {
+        match self {
+            Running::Process(child) => {
+                signal(child, rustix::process::Signal::KILL);
+                let _ = child.wait().await;
+            }
+            Running::Docker(c) => c.kill().await,
+        }
+    }
+
+    /// Where this container's exec probes run.
+    pub fn exec(&self, env: &BTreeMap<String, String>) -> Exec {
+        match self {
+            Running::Process(_) => Exec::Host(env.clone().into_iter().collect()),
+            Running::Docker(c) => Exec::Docker(c.exec_target()),
+        }
+    }
+}
+
 /// How a container runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
-    /// The program and its arguments.
+    /// The program and its arguments (process runtime).
     pub argv: Vec<String>,
+    /// The image, after the node's image map (Docker runtime).
+    pub image: String,
+    /// Kubernetes' `command` (Docker runtime: the entrypoint).
+    pub command: Vec<String>,
+    /// Kubernetes' `args` (Docker runtime: the cmd).
+    pub args: Vec<String>,
+    /// `<namespace>/<pod>`.
+    pub pod: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The engine's name for this run of the container (Docker runtime).
+    pub engine_name: String,
+    /// The pod's address.
+    pub ip: std::net::Ipv4Addr,
     /// Environment.
     pub env: BTreeMap<String, String>,
     /// Working directory, if any.
@@ -51,7 +140,34 @@ exec "$@"
 "#;
 
 impl Launch {
-    /// The command that runs the container.
+    /// Starts the container on `runtime`, its output appended to `log`.
+    pub async fn start(&self, runtime: &Runtime, log: &Path) -> Result<Running, String> {
+        match runtime {
+            Runtime::Process { .. } => self
+                .command(log)
+                .and_then(|mut c| c.spawn())
+                .map(Running::Process)
+                .map_err(|e| format!("cannot start {:?}: {e}", self.argv.first())),
+            Runtime::Docker(docker) => {
+                let spec = docker::ContainerSpec {
+                    name: self.engine_name.clone(),
+                    pod: &self.pod,
+                    namespace: &self.namespace,
+                    image: &self.image,
+                    command: &self.command,
+                    args: &self.args,
+                    env: &self.env,
+                    working_dir: self.working_dir.as_deref().and_then(Path::to_str),
+                    hostname: &self.hostname,
+                    ip: self.ip,
+                    mounts: &self.mounts,
+                };
+                docker.start(&spec, log).await.map(Running::Docker)
+            }
+        }
+    }
+
+    /// The command that runs the container as a process.
     pub fn command(&self, log: &Path) -> std::io::Result<Command> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;

@@ -1,0 +1,453 @@
+//! Running a container as a Docker container (`--runtime docker`).
+//!
+//! # Guarantees
+//! - Each pod gets its own address on one Docker network (`--ip`, from the
+//!   node's pod subnet), its hostname, the cluster's DNS server and search
+//!   path, and its volumes bind-mounted at their `mountPath`. Images are
+//!   never pulled: an image that is not on the node is refused by name
+//!   (Kubernetes' `imagePullPolicy: Never`).
+//! - A pod's containers end with the node: when the agent itself runs in a
+//!   container (the *sandbox*), every pod container joins its PID
+//!   namespace, and the kernel kills them all when the sandbox's init
+//!   exits, however the node went down. Containers are removed when they
+//!   exit (`AutoRemove`), so a dead node leaves nothing behind.
+//! - The agent removes, when it starts, every container an earlier run of
+//!   it left (labels `petset.io/node` and `petset.io/sandbox`).
+//! - Output is attached before the container starts, so a container that
+//!   fails at once still leaves its message in the pod's log.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use futures::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::probes::Outcome;
+
+/// Label: the node a container runs for.
+pub const NODE_LABEL: &str = "petset.io/node";
+/// Label: the agent container whose PID namespace it joined.
+pub const SANDBOX_LABEL: &str = "petset.io/sandbox";
+/// Label: `<namespace>/<pod>`.
+pub const POD_LABEL: &str = "petset.io/pod";
+
+/// How the agent reaches Docker and where it puts pods.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    client: Docker,
+    node: String,
+    /// The network pods join.
+    pub network: String,
+    /// The agent's own container, when it runs in one.
+    pub sandbox: Option<String>,
+    /// The agent's address on `network`, when it runs in a container.
+    pub sandbox_address: Option<String>,
+    dns: Vec<String>,
+    zone: String,
+}
+
+/// What the agent was told about Docker.
+#[derive(Debug, Clone, Default)]
+pub struct DockerSettings {
+    /// The network for pods; default: the sandbox's only network.
+    pub network: Option<String>,
+    /// `auto` (this container, when the agent runs in one), `none`, or a
+    /// container name or ID.
+    pub sandbox: String,
+    /// Pods' DNS server: an address or a name this agent resolves.
+    pub pod_dns: Option<String>,
+    /// The cluster's DNS zone (search path `<ns>.svc.<zone>`, ...).
+    pub cluster_domain: String,
+}
+
+impl DockerRuntime {
+    /// Connects to the local Docker engine (`DOCKER_HOST` or the default
+    /// socket) and finds the sandbox and the network.
+    pub async fn connect(node: &str, settings: &DockerSettings) -> Result<Self, String> {
+        let client = Docker::connect_with_local_defaults()
+            .map_err(|e| format!("cannot reach Docker: {e}"))?
+            .negotiate_version()
+            .await
+            .map_err(|e| format!("cannot reach Docker (version negotiation): {e}"))?;
+        let sandbox = match settings.sandbox.as_str() {
+            "none" => None,
+            "auto" => {
+                // Docker names a container's host after its short ID
+                // unless told otherwise.
+                let me = std::env::var("HOSTNAME").unwrap_or_default();
+                match client.inspect_container(&me, None).await {
+                    Ok(c) if !me.is_empty() => c.id,
+                    _ => None,
+                }
+            }
+            name => Some(
+                client
+                    .inspect_container(name, None)
+                    .await
+                    .map_err(|e| format!("sandbox container {name:?}: {e}"))?
+                    .id
+                    .unwrap_or_else(|| name.to_string()),
+            ),
+        };
+        let sandbox_networks = match &sandbox {
+            Some(id) => client
+                .inspect_container(id, None)
+                .await
+                .map_err(|e| format!("sandbox container {id}: {e}"))?
+                .network_settings
+                .and_then(|n| n.networks)
+                .unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let network = match &settings.network {
+            Some(n) => n.clone(),
+            None => {
+                let mut names: Vec<&String> = sandbox_networks.keys().collect();
+                names.sort();
+                match names.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        return Err("no pod network: pass --docker-network (the agent does not run in a container)".into());
+                    }
+                    many => {
+                        return Err(format!(
+                            "the agent's container is on several networks ({many:?}): pass --docker-network"
+                        ));
+                    }
+                }
+            }
+        };
+        client
+            .inspect_network(
+                &network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| format!("pod network {network:?}: {e}"))?;
+        let sandbox_address = sandbox_networks
+            .get(&network)
+            .and_then(|e| e.ip_address.clone())
+            .filter(|a| !a.is_empty());
+        let mut dns = Vec::new();
+        if let Some(server) = &settings.pod_dns {
+            let address = match server.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => tokio::net::lookup_host((server.as_str(), 53))
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .map(|a| a.ip())
+                    .ok_or_else(|| format!("pod DNS server {server:?} does not resolve"))?,
+            };
+            dns.push(address.to_string());
+        }
+        Ok(Self {
+            client,
+            node: node.to_string(),
+            network,
+            sandbox,
+            sandbox_address,
+            dns,
+            zone: settings.cluster_domain.clone(),
+        })
+    }
+
+    fn own_labels(&self) -> Vec<String> {
+        let mut labels = vec![format!("{NODE_LABEL}={}", self.node)];
+        if let Some(sandbox) = &self.sandbox {
+            labels.push(format!("{SANDBOX_LABEL}={sandbox}"));
+        }
+        labels
+    }
+
+    /// Removes every container an earlier run of this agent left.
+    pub async fn remove_leftovers(&self) -> Result<usize, String> {
+        let filters = HashMap::from([("label".to_string(), self.own_labels())]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut removed = 0;
+        for c in list {
+            let Some(id) = c.id else { continue };
+            let options = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            match self.client.remove_container(&id, Some(options)).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "cannot remove a leftover container")
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Creates and starts one container; its output goes to `log`.
+    pub async fn start(&self, spec: &ContainerSpec<'_>, log: &Path) -> Result<Started, String> {
+        let mut labels = HashMap::from([
+            (NODE_LABEL.to_string(), self.node.clone()),
+            (POD_LABEL.to_string(), spec.pod.to_string()),
+        ]);
+        let mut pid_mode = None;
+        if let Some(sandbox) = &self.sandbox {
+            labels.insert(SANDBOX_LABEL.to_string(), sandbox.clone());
+            pid_mode = Some(format!("container:{sandbox}"));
+        }
+        let zone = &self.zone;
+        let search = vec![
+            format!("{}.svc.{zone}", spec.namespace),
+            format!("svc.{zone}"),
+            zone.clone(),
+        ];
+        let body = ContainerCreateBody {
+            image: Some(spec.image.to_string()),
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.to_vec()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.to_vec()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.working_dir.map(str::to_string),
+            hostname: Some(spec.hostname.to_string()),
+            labels: Some(labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(
+                    spec.mounts
+                        .iter()
+                        .map(|(src, dst)| format!("{}:{dst}", src.display()))
+                        .collect(),
+                ),
+                network_mode: Some(self.network.clone()),
+                pid_mode,
+                dns: (!self.dns.is_empty()).then(|| self.dns.clone()),
+                dns_search: (!self.dns.is_empty()).then_some(search),
+                auto_remove: Some(true),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(spec.ip.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                } => format!(
+                    "image {:?} is not present on node {} and images are never pulled: build or load it there",
+                    spec.image, self.node
+                ),
+                e => format!("cannot create the container: {e}"),
+            })?;
+        let id = created.id;
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let output = match self.client.attach_container(&id, Some(attach)).await {
+            Ok(attached) => attached.output,
+            Err(e) => {
+                self.remove(&id).await;
+                return Err(format!("cannot attach to the container: {e}"));
+            }
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let copy = tokio::spawn(async move {
+            let mut output = output;
+            while let Some(Ok(chunk)) = output.next().await {
+                if file.write_all(&chunk.into_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            let _ = file.flush().await;
+        });
+        if let Err(e) = self.client.start_container(&id, None).await {
+            self.remove(&id).await;
+            copy.abort();
+            return Err(format!("cannot start the container: {e}"));
+        }
+        let client = self.client.clone();
+        let wait_id = id.clone();
+        let exit = tokio::spawn(async move {
+            let options = WaitContainerOptions {
+                condition: "removed".into(),
+            };
+            let outcome = match client.wait_container(&wait_id, Some(options)).next().await {
+                Some(Ok(r)) => format!("exited with exit status: {}", r.status_code),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, error })) => {
+                    format!("exited with exit status: {code} {error}")
+                        .trim_end()
+                        .to_string()
+                }
+                // Removed before the wait arrived: it ended, with a status
+                // nobody can read any more.
+                _ => "exited".to_string(),
+            };
+            let _ = copy.await;
+            outcome
+        });
+        Ok(Started {
+            client: self.client.clone(),
+            id,
+            exit,
+        })
+    }
+
+    async fn remove(&self, id: &str) {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        let _ = self.client.remove_container(id, Some(options)).await;
+    }
+}
+
+/// One container, as Docker is to run it.
+#[derive(Debug)]
+pub struct ContainerSpec<'a> {
+    /// The container's name on the engine.
+    pub name: String,
+    /// `<namespace>/<pod>`.
+    pub pod: &'a str,
+    /// The pod's namespace (the first DNS search domain).
+    pub namespace: &'a str,
+    /// The image to run (after the agent's image map).
+    pub image: &'a str,
+    /// Kubernetes' `command` (the entrypoint), empty for the image's.
+    pub command: &'a [String],
+    /// Kubernetes' `args` (the cmd), empty for the image's.
+    pub args: &'a [String],
+    /// Environment.
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    /// Working directory.
+    pub working_dir: Option<&'a str>,
+    /// The pod's hostname.
+    pub hostname: &'a str,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// `(host directory, mountPath)`.
+    pub mounts: &'a [(std::path::PathBuf, String)],
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct Started {
+    client: Docker,
+    id: String,
+    exit: tokio::task::JoinHandle<String>,
+}
+
+impl Started {
+    /// Waits until the container has ended (cancel-safe); how it ended.
+    pub async fn wait(&mut self) -> String {
+        (&mut self.exit)
+            .await
+            .unwrap_or_else(|_| "exited".to_string())
+    }
+
+    /// SIGTERM, SIGKILL after `grace`, and waits for the end.
+    pub async fn terminate(&mut self, grace: Duration) {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs().min(i32::MAX as u64) as i32),
+            ..Default::default()
+        };
+        let _ = self.client.stop_container(&self.id, Some(options)).await;
+        self.wait().await;
+    }
+
+    /// SIGKILL, and waits for the end.
+    pub async fn kill(&mut self) {
+        let options = KillContainerOptions {
+            signal: "KILL".into(),
+        };
+        let _ = self.client.kill_container(&self.id, Some(options)).await;
+        self.wait().await;
+    }
+
+    /// A handle for exec probes.
+    pub fn exec_target(&self) -> ExecTarget {
+        ExecTarget {
+            client: self.client.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// Where exec probes run: inside a running container.
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    client: Docker,
+    id: String,
+}
+
+impl ExecTarget {
+    /// Runs `command` in the container; success when it exits 0.
+    pub async fn run(&self, command: &[String]) -> Outcome {
+        let create = bollard::exec::CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = match self.client.create_exec(&self.id, create).await {
+            Ok(e) => e.id,
+            Err(e) => return Outcome::Failure(format!("command could not run: {e}")),
+        };
+        match self.client.start_exec(&exec, None).await {
+            Ok(bollard::exec::StartExecResults::Attached { mut output, .. }) => {
+                while output.next().await.is_some() {}
+            }
+            Ok(bollard::exec::StartExecResults::Detached) => {}
+            Err(e) => return Outcome::Failure(format!("command could not run: {e}")),
+        }
+        match self.client.inspect_exec(&exec).await {
+            Ok(r) if r.exit_code == Some(0) => Outcome::Success,
+            Ok(r) => Outcome::Failure(format!(
+                "command exited with exit status: {}",
+                r.exit_code.unwrap_or(-1)
+            )),
+            Err(e) => Outcome::Failure(format!("command could not run: {e}")),
+        }
+    }
+}
