@@ -40,6 +40,18 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub storage_addr: String,
+    /// The addresses clients (petctl) are told to use for identity-svc,
+    /// storage-svc and this replica's HTTP API, when they differ from the
+    /// ones this replica uses (e.g. ports published on a host); default:
+    /// the same.
+    #[arg(long, env = "PETSET_ADVERTISE_IDENTITY_ADDR")]
+    pub advertise_identity_addr: Option<String>,
+    /// See `advertise_identity_addr`.
+    #[arg(long, env = "PETSET_ADVERTISE_STORAGE_ADDR")]
+    pub advertise_storage_addr: Option<String>,
+    /// See `advertise_identity_addr` (host:port).
+    #[arg(long, env = "PETSET_ADVERTISE_HTTP_ADDR")]
+    pub advertise_http_addr: Option<String>,
     /// TTL of the leader's lease, in seconds: how long the others wait
     /// before taking over from a leader that died.
     #[arg(long, env = "PETSET_LEADER_TTL", default_value_t = 5)]

@@ -127,11 +127,20 @@ impl Server {
         .add_service(PodsServer::new(PodsApi { pods: pods.clone() }))
         .add_service(petset_proto::v1::cluster_server::ClusterServer::new(
             grpc::ClusterApi {
-                identity_addr: config.identity_addr.clone(),
-                storage_addr: config.storage_addr.clone(),
+                identity_addr: config
+                    .advertise_identity_addr
+                    .clone()
+                    .unwrap_or_else(|| config.identity_addr.clone()),
+                storage_addr: config
+                    .advertise_storage_addr
+                    .clone()
+                    .unwrap_or_else(|| config.storage_addr.clone()),
                 replica: id.clone(),
                 store: store.clone(),
-                api_http_addr: http_addr.clone(),
+                api_http_addr: config
+                    .advertise_http_addr
+                    .clone()
+                    .unwrap_or_else(|| http_addr.clone()),
             },
         ))
         .add_service(NodesServer::new(NodesApi {
