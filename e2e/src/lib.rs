@@ -5,10 +5,15 @@
 //! - [`repo_root`], [`binary`]: where the scripts and built binaries are.
 //! - [`free_port`]: a loopback port nobody listens on.
 //! - [`run`]: runs a command and returns its output, failing loudly.
+//! - [`wait_until`]: polls a condition with a deadline; [`http`]: curl.
+//! - [`Petctl`]: petctl against one scheduler-svc, pods parsed from JSON.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
@@ -56,4 +61,96 @@ pub fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// Polls `check` every 200 ms until it answers, for at most `deadline`;
+/// panics naming `what` after that.
+pub fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The HTTP status of a request (curl's `-w %{http_code}`) and the body; 0
+/// when nothing answered.
+pub fn http(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A pod as `petctl get pods -o json` shows it: (name, ready, podIP, node,
+/// restarts).
+pub type PodRow = (String, bool, String, String, i64);
+
+/// petctl against one scheduler-svc.
+#[derive(Debug, Clone)]
+pub struct Petctl {
+    /// The petctl binary.
+    pub program: PathBuf,
+    /// `--server`.
+    pub server: String,
+}
+
+impl Petctl {
+    /// Runs petctl; its standard output (panics when it fails).
+    pub fn run(&self, args: &[&str]) -> String {
+        let mut all = vec!["--server", &self.server];
+        all.extend_from_slice(args);
+        run(self.program.to_str().expect("a UTF-8 path"), &all)
+    }
+
+    /// Runs petctl with `-o json`; the parsed answer.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.run(&all)).expect("petctl prints JSON")
+    }
+
+    /// The pods, by name.
+    pub fn pods(&self) -> Vec<PodRow> {
+        let list = self.json(&["get", "pods"]);
+        let mut out: Vec<PodRow> = list["items"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    p["status"]["conditions"][0]["status"] == "True"
+                        && p["metadata"]["deletionTimestamp"].is_null(),
+                    p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits until exactly `names` exist and are all Ready.
+    pub fn wait_ready(&self, names: &[&str], deadline: Duration) -> Vec<PodRow> {
+        wait_until(&format!("pods {names:?} Ready"), deadline, || {
+            let pods = self.pods();
+            let ok = pods.iter().map(|p| p.0.as_str()).collect::<Vec<_>>() == names
+                && pods.iter().all(|p| p.1);
+            ok.then_some(pods)
+        })
+    }
 }

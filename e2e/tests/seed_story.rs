@@ -10,20 +10,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use petset_e2e::{binary, free_port, repo_root, run};
+use petset_e2e::{Petctl, PodRow, binary, free_port, http, repo_root, run};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    petset_e2e::wait_until(what, DEADLINE, check)
 }
 
 fn alive(pid: &str) -> bool {
@@ -43,48 +36,27 @@ struct Stack {
 
 impl Stack {
     fn petctl(&self, args: &[&str]) -> String {
-        let mut all = vec!["--server", &self.server];
-        all.extend_from_slice(args);
-        run(binary("petctl").to_str().unwrap(), &all)
+        self.client().run(args)
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.petctl(&all)).expect("petctl prints JSON")
+        self.client().json(args)
     }
 
-    /// Pods by name: (ready, podIP, node, restarts, uid).
-    fn pods(&self) -> Vec<(String, bool, String, String, i64)> {
-        let list = self.json(&["get", "pods"]);
-        let mut out: Vec<_> = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["metadata"]["name"].as_str().unwrap().to_string(),
-                    p["status"]["conditions"][0]["status"] == "True"
-                        && p["metadata"]["deletionTimestamp"].is_null(),
-                    p["status"]["podIP"].as_str().unwrap_or("").to_string(),
-                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
-                    p["status"]["containerStatuses"][0]["restartCount"]
-                        .as_i64()
-                        .unwrap_or(0),
-                )
-            })
-            .collect();
-        out.sort();
-        out
+    fn client(&self) -> Petctl {
+        Petctl {
+            program: binary("petctl"),
+            server: self.server.clone(),
+        }
     }
 
-    fn wait_ready(&self, names: &[&str]) -> Vec<(String, bool, String, String, i64)> {
-        wait_until(&format!("pods {names:?} Ready"), || {
-            let pods = self.pods();
-            let ok = pods.iter().map(|p| p.0.as_str()).collect::<Vec<_>>() == names
-                && pods.iter().all(|p| p.1);
-            ok.then_some(pods)
-        })
+    /// Pods by name: (ready, podIP, node, restarts).
+    fn pods(&self) -> Vec<PodRow> {
+        self.client().pods()
+    }
+
+    fn wait_ready(&self, names: &[&str]) -> Vec<PodRow> {
+        self.client().wait_ready(names, DEADLINE)
     }
 
     fn srv(&self) -> Vec<String> {
@@ -119,30 +91,12 @@ fn curl(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The HTTP status of a request (curl's `-w %{http_code}`), and the body.
-fn http(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn pod_ip<'a>(
-    pods: &'a [(String, bool, String, String, i64)],
-    name: &str,
-) -> &'a (String, bool, String, String, i64) {
+fn pod_ip<'a>(pods: &'a [PodRow], name: &str) -> &'a PodRow {
     find_pod(pods, name).unwrap_or_else(|| panic!("pod {name} is not in {pods:?}"))
 }
 
 /// A pod by name, if it exists now (a moving pod is briefly gone).
-fn find_pod<'a>(
-    pods: &'a [(String, bool, String, String, i64)],
-    name: &str,
-) -> Option<&'a (String, bool, String, String, i64)> {
+fn find_pod<'a>(pods: &'a [PodRow], name: &str) -> Option<&'a PodRow> {
     pods.iter().find(|p| p.0 == name)
 }
 

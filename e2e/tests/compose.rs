@@ -1,0 +1,347 @@
+//! The compose stack, end to end, as a user runs it: `scripts/images` builds
+//! every image offline, `docker compose up` (or `docker-compose up`) starts
+//! deploy/docker-compose.yaml (three etcd members, two scheduler replicas,
+//! identity-svc, storage-svc, three Docker-runtime node agents) under a
+//! project of the test's own, and petctl on the host replays the seed:
+//! apply, ordered start, data stored through the API proxy, peers found
+//! through the cluster DNS from inside a pod, scale up. Then the leading
+//! scheduler container is stopped and the other takes over; a node
+//! container is killed and its pod runs again on another node once the
+//! node's lease has expired, with the data on its shared volume; `down`
+//! leaves no container, pod, network or volume behind.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use petset_e2e::{Petctl, binary, free_port, http, repo_root, run, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const TAG: &str = "e2e";
+
+/// `docker compose` when the plugin is there, else `docker-compose`
+/// (`PETSET_COMPOSE` overrides, e.g. `docker-compose`).
+fn compose_tool() -> Vec<String> {
+    if let Ok(tool) = std::env::var("PETSET_COMPOSE") {
+        return tool.split_whitespace().map(str::to_string).collect();
+    }
+    let plugin = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if plugin {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
+/// A /16 no Docker network uses: `10.N`.
+fn free_network() -> String {
+    let ids = run("docker", &["network", "ls", "-q"]);
+    let mut used = BTreeSet::new();
+    for id in ids.split_whitespace() {
+        let subnets = run(
+            "docker",
+            &[
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+                id,
+            ],
+        );
+        used.extend(subnets.split_whitespace().map(str::to_string));
+    }
+    (77..250)
+        .map(|n| format!("10.{n}"))
+        .find(|net| !used.iter().any(|s| s.starts_with(&format!("{net}."))))
+        .expect("a free 10.N.0.0/16")
+}
+
+/// One compose project; `down` when dropped, so a failed run leaves
+/// nothing behind either.
+struct Project {
+    tool: Vec<String>,
+    name: String,
+    env: Vec<(String, String)>,
+    // Removed after `down` (the pods' volumes live there).
+    _data: tempfile::TempDir,
+}
+
+impl Project {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.tool[0]);
+        c.args(&self.tool[1..])
+            .args(["-p", &self.name, "-f"])
+            .arg(repo_root().join("deploy/docker-compose.yaml"))
+            .args(args)
+            .envs(self.env.iter().cloned());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("compose runs");
+        assert!(
+            out.status.success(),
+            "compose {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The container ID of a service.
+    fn container(&self, service: &str) -> String {
+        self.run(&["ps", "-q", service]).trim().to_string()
+    }
+
+    fn logs(&self) -> String {
+        self.command(&["logs", "--no-color", "--tail", "40"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("compose logs (last lines of each):\n{}", self.logs());
+        }
+        let _ = self
+            .command(&["down", "-v", "--remove-orphans", "-t", "20"])
+            .output();
+    }
+}
+
+/// Which scheduler replica leads, from each one's `/metrics`.
+fn leader(ports: &[(&str, u16)]) -> Option<String> {
+    ports.iter().find_map(|(service, port)| {
+        let (code, body) = http(&[&format!("http://127.0.0.1:{port}/metrics")]);
+        (code == 200 && body.lines().any(|l| l == "petset_scheduler_leader 1"))
+            .then(|| service.to_string())
+    })
+}
+
+/// Containers (running or not) with all of `labels`.
+fn containers(labels: &[String]) -> Vec<String> {
+    let mut args = vec!["ps", "-aq"];
+    let filters: Vec<String> = labels.iter().map(|l| format!("label={l}")).collect();
+    for f in &filters {
+        args.extend(["--filter", f]);
+    }
+    run("docker", &args)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_seed_story_on_the_compose_stack() {
+    // The images, built offline.
+    run(repo_root().join("scripts/images").to_str().unwrap(), &[TAG]);
+    let images = run(
+        "docker",
+        &[
+            "images",
+            "--format",
+            "{{.Repository}}",
+            "--filter",
+            &format!("reference=petset/*:{TAG}"),
+        ],
+    );
+    for image in [
+        "etcd",
+        "identity-svc",
+        "storage-svc",
+        "scheduler-svc",
+        "node-agent",
+        "kubia-pet",
+    ] {
+        assert!(
+            images.lines().any(|l| l == format!("petset/{image}")),
+            "petset/{image}:{TAG} was not built: {images}"
+        );
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_path_buf();
+    let net = free_network();
+    let (api, api_2, http_1, http_2) = (free_port(), free_port(), free_port(), free_port());
+    let env: Vec<(String, String)> = [
+        ("PETSET_TAG", TAG.to_string()),
+        ("PETSET_DATA", data.path().display().to_string()),
+        ("PETSET_NET", net.clone()),
+        ("PETSET_API_PORT", api.to_string()),
+        ("PETSET_API_PORT_2", api_2.to_string()),
+        ("PETSET_HTTP_PORT", http_1.to_string()),
+        ("PETSET_HTTP_PORT_2", http_2.to_string()),
+        ("PETSET_IDENTITY_PORT", free_port().to_string()),
+        ("PETSET_STORAGE_PORT", free_port().to_string()),
+        ("PETSET_NODE_LEASE_TTL", "4".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let project = Project {
+        tool: compose_tool(),
+        name: format!("petset-e2e-{}", std::process::id()),
+        env,
+        _data: data,
+    };
+    project.run(&["config", "-q"]);
+    project.run(&["up", "-d"]);
+
+    let mut petctl = Petctl {
+        program: binary("petctl"),
+        server: format!("127.0.0.1:{api}"),
+    };
+    wait_until("three Ready nodes", DEADLINE, || {
+        let nodes = Command::new(&petctl.program)
+            .args(["--server", &petctl.server, "get", "nodes"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&nodes.stdout).into_owned();
+        (text.matches(" Ready ").count() == 3).then_some(())
+    });
+
+    // The seed's manifests, volumes moved under the stack's data folder.
+    let mut manifests = String::new();
+    for f in ["01-volumes.yaml", "02-service.yaml", "03-statefulset.yaml"] {
+        let text = std::fs::read_to_string(repo_root().join("examples/kubia").join(f)).unwrap();
+        manifests.push_str("---\n");
+        manifests.push_str(&text.replace(
+            "/var/lib/petset/volumes",
+            &data_dir.join("volumes").display().to_string(),
+        ));
+    }
+    let file = data_dir.join("kubia.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    petctl.run(&["apply", "-f", file.to_str().unwrap()]);
+    petctl.run(&["rollout", "status", "sts", "kubia", "--timeout", "120"]);
+    let pods = petctl.wait_ready(&["kubia-0", "kubia-1"], DEADLINE);
+    // Each pod has an address of its own on the Docker network, in its
+    // node's pod subnet.
+    for (name, _, ip, node, _) in &pods {
+        let n = node.strip_prefix("node-").expect("a compose node");
+        assert!(
+            ip.starts_with(&format!("{net}.{n}.")),
+            "{name} on {node} has address {ip}, not in {net}.{n}.0/24"
+        );
+    }
+
+    // Through the API proxy: each pod answers with its own hostname; data
+    // POSTed to kubia-0 is stored on its volume.
+    let pod_url = |port: u16, pod: &str, path: &str| {
+        format!("http://127.0.0.1:{port}/api/v1/namespaces/default/pods/{pod}/proxy/{path}")
+    };
+    let greeting = "Hey there! This greeting was submitted to kubia-0.";
+    let (code, body) = http(&[
+        "-X",
+        "POST",
+        "-d",
+        greeting,
+        &pod_url(http_1, "kubia-0", ""),
+    ]);
+    assert_eq!((code, body.as_str()), (200, "Data stored on pod kubia-0\n"));
+    let (code, body) = http(&[&pod_url(http_1, "kubia-0", "")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("You've hit kubia-0\n"), "{body}");
+    assert!(body.contains(greeting), "{body}");
+
+    // Peers through the cluster DNS, from inside kubia-1: the SRV records of
+    // the headless service, then each peer by its DNS name.
+    let (code, body) = http(&[&pod_url(http_1, "kubia-1", "peers")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!(
+            "- kubia-0.kubia.default.svc.cluster.local: {greeting}"
+        )) && body.contains("- kubia-1.kubia.default.svc.cluster.local: No data posted yet"),
+        "kubia-1 did not find both peers through DNS:\n{body}"
+    );
+
+    petctl.run(&["scale", "sts", "kubia", "--replicas=3"]);
+    petctl.wait_ready(&["kubia-0", "kubia-1", "kubia-2"], DEADLINE);
+
+    // Stop the leading scheduler container: the other replica takes over
+    // and its controller scales down.
+    let replicas = [("scheduler-1", api), ("scheduler-2", api_2)];
+    let first = wait_until("a scheduler leader", DEADLINE, || leader(&replicas));
+    project.run(&["stop", &first]);
+    let (other, other_port) = *replicas.iter().find(|(s, _)| *s != first).unwrap();
+    petctl.server = format!("127.0.0.1:{other_port}");
+    let second = wait_until("a new scheduler leader", DEADLINE, || leader(&replicas));
+    assert_eq!(second, other);
+    petctl.run(&["scale", "sts", "kubia", "--replicas=2"]);
+    let pods = petctl.wait_ready(&["kubia-0", "kubia-1"], DEADLINE);
+
+    // Kill the node container that runs kubia-0: its pod dies with it, and
+    // once the node's lease has expired kubia-0 runs on another node, with
+    // the data on its (shared) volume.
+    let lost = pods[0].3.clone();
+    let lost_container = project.container(&lost);
+    run("docker", &["kill", "-s", "KILL", &lost_container]);
+    wait_until(&format!("{lost}'s pod containers gone"), DEADLINE, || {
+        containers(&[format!("petset.io/sandbox={lost_container}")])
+            .is_empty()
+            .then_some(())
+    });
+    let moved = wait_until("kubia-0 Ready on another node", DEADLINE, || {
+        let pods = petctl.pods();
+        let pod = pods.iter().find(|p| p.0 == "kubia-0")?.clone();
+        (pod.1 && pod.3 != lost && !pod.3.is_empty()).then_some(pod)
+    });
+    let n = moved.3.strip_prefix("node-").unwrap();
+    assert!(moved.2.starts_with(&format!("{net}.{n}.")), "{moved:?}");
+    let other_http = if other == "scheduler-1" {
+        http_1
+    } else {
+        http_2
+    };
+    let (code, body) = http(&[&pod_url(other_http, "kubia-0", "")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(greeting),
+        "kubia-0 lost its data when it moved to {}: {body}",
+        moved.3
+    );
+
+    // down: nothing of the project is left.
+    let agents: Vec<String> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| project.container(n))
+        .collect();
+    project.run(&["down", "-v", "--remove-orphans", "-t", "20"]);
+    let left = containers(&[format!("com.docker.compose.project={}", project.name)]);
+    assert!(left.is_empty(), "compose containers left: {left:?}");
+    for agent in &agents {
+        let pods = containers(&[format!("petset.io/sandbox={agent}")]);
+        assert!(
+            pods.is_empty(),
+            "pod containers of agent {agent} left: {pods:?}"
+        );
+    }
+    let networks = run(
+        "docker",
+        &[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", project.name),
+        ],
+    );
+    assert!(networks.trim().is_empty(), "networks left: {networks}");
+    let volumes = run(
+        "docker",
+        &[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", project.name),
+        ],
+    );
+    assert!(volumes.trim().is_empty(), "volumes left: {volumes}");
+}
