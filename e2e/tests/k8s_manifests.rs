@@ -1,0 +1,283 @@
+//! deploy/k8s, rendered by `kubectl kustomize` as `kubectl apply -k` would,
+//! with every object parsed by k8s-openapi's types: a wrong type fails the
+//! parse, and an unknown or misspelled field, which the typed objects do
+//! not keep, fails the round trip (object → type → object). Then what the
+//! deployment promises: etcd as a StatefulSet of three behind a headless
+//! service, the services as Deployments (scheduler-svc with two replicas),
+//! the node agent as a DaemonSet, and on every container probes, resource
+//! requests and a security context, non-root wherever the program allows.
+
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, PodSpec, Service};
+use petset_e2e::repo_root;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The paths in `original` that `back` lost.
+fn dropped(original: &Value, back: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{path}.{key}");
+                match b.get(key) {
+                    Some(other) => dropped(value, other, &here, out),
+                    None if value.is_null() => {}
+                    None => out.push(here),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, value) in a.iter().enumerate() {
+                let here = format!("{path}[{i}]");
+                match b.get(i) {
+                    Some(other) => dropped(value, other, &here, out),
+                    None => out.push(here),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Parses `doc` as `T`; an error names what does not fit the schema.
+fn typed<T: k8s_openapi::Resource + DeserializeOwned + Serialize>(
+    doc: &Value,
+) -> Result<T, String> {
+    if doc["apiVersion"] != T::API_VERSION || doc["kind"] != T::KIND {
+        return Err(format!(
+            "{}/{} is not {}/{}",
+            doc["apiVersion"],
+            doc["kind"],
+            T::API_VERSION,
+            T::KIND
+        ));
+    }
+    let object: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+    let mut lost = Vec::new();
+    dropped(doc, &back, "", &mut lost);
+    if lost.is_empty() {
+        Ok(object)
+    } else {
+        Err(format!("unknown fields: {}", lost.join(", ")))
+    }
+}
+
+/// Every object of the rendered deployment, by kind.
+#[derive(Default)]
+struct Objects {
+    namespaces: Vec<Namespace>,
+    config_maps: Vec<ConfigMap>,
+    services: Vec<Service>,
+    claims: Vec<PersistentVolumeClaim>,
+    stateful_sets: Vec<StatefulSet>,
+    deployments: Vec<Deployment>,
+    daemon_sets: Vec<DaemonSet>,
+}
+
+fn parse(doc: &Value) -> Result<(), String> {
+    Objects::default().add(doc)
+}
+
+impl Objects {
+    fn add(&mut self, doc: &Value) -> Result<(), String> {
+        match doc["kind"].as_str().unwrap_or_default() {
+            "Namespace" => self.namespaces.push(typed(doc)?),
+            "ConfigMap" => self.config_maps.push(typed(doc)?),
+            "Service" => self.services.push(typed(doc)?),
+            "PersistentVolumeClaim" => self.claims.push(typed(doc)?),
+            "StatefulSet" => self.stateful_sets.push(typed(doc)?),
+            "Deployment" => self.deployments.push(typed(doc)?),
+            "DaemonSet" => self.daemon_sets.push(typed(doc)?),
+            other => return Err(format!("kind {other:?} is not one petset deploys")),
+        }
+        Ok(())
+    }
+}
+
+fn render() -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo_root().join("deploy/k8s"))
+        .output()
+        .expect("kubectl runs (scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/k8s failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn name_of(doc: &Value) -> String {
+    format!("{} {}", doc["kind"], doc["metadata"]["name"])
+}
+
+#[test]
+fn every_object_fits_the_kubernetes_schema() {
+    let docs = render();
+    let mut objects = Objects::default();
+    let errors: Vec<String> = docs
+        .iter()
+        .filter_map(|d| objects.add(d).err().map(|e| format!("{}: {e}", name_of(d))))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert_eq!(objects.namespaces.len(), 1);
+    assert_eq!(objects.config_maps.len(), 3);
+    assert_eq!(objects.claims.len(), 1, "the shared data claim");
+
+    // etcd: a StatefulSet of three with a volume each, behind a headless
+    // service that publishes members before they are ready.
+    let etcd = &objects.stateful_sets[0];
+    let spec = &etcd.spec;
+    assert_eq!(
+        (
+            etcd.metadata.name.as_deref(),
+            spec.replicas,
+            spec.service_name.as_deref()
+        ),
+        (Some("etcd"), Some(3), Some("etcd"))
+    );
+    assert_eq!(spec.volume_claim_templates.as_ref().map(Vec::len), Some(1));
+    let headless = objects
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("etcd"))
+        .and_then(|s| s.spec.as_ref())
+        .expect("the etcd service");
+    assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(headless.publish_not_ready_addresses, Some(true));
+
+    // The services as Deployments, scheduler-svc with two replicas, each
+    // with a Service.
+    let replicas = |name: &str| {
+        objects
+            .deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+            .and_then(|d| d.spec.replicas)
+    };
+    assert_eq!(replicas("scheduler-svc"), Some(2));
+    assert!(replicas("identity-svc").is_some() && replicas("storage-svc").is_some());
+    for name in ["identity-svc", "storage-svc", "scheduler-svc"] {
+        assert!(
+            objects
+                .services
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(name)),
+            "no Service {name}"
+        );
+    }
+    assert_eq!(
+        objects
+            .daemon_sets
+            .iter()
+            .map(|d| d.metadata.name.clone())
+            .collect::<Vec<_>>(),
+        vec![Some("node-agent".to_string())]
+    );
+
+    // Every container: readiness and liveness probes, requests, a security
+    // context without privilege escalation; non-root but for the node agent.
+    let pods: Vec<(String, &PodSpec)> = objects
+        .stateful_sets
+        .iter()
+        .map(|s| (s.metadata.name.clone(), s.spec.template.spec.as_ref()))
+        .chain(
+            objects
+                .deployments
+                .iter()
+                .map(|d| (d.metadata.name.clone(), d.spec.template.spec.as_ref())),
+        )
+        .chain(
+            objects
+                .daemon_sets
+                .iter()
+                .map(|d| (d.metadata.name.clone(), d.spec.template.spec.as_ref())),
+        )
+        .map(|(name, spec)| (name.unwrap_or_default(), spec.expect("a pod spec")))
+        .collect();
+    assert_eq!(pods.len(), 5);
+    for (name, pod) in pods {
+        for c in &pod.containers {
+            assert!(
+                c.readiness_probe.is_some() && c.liveness_probe.is_some(),
+                "{name}/{}: probes",
+                c.name
+            );
+            assert!(
+                c.resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())
+                    .is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")),
+                "{name}/{}: resource requests",
+                c.name
+            );
+            let security = c.security_context.as_ref().expect("a security context");
+            assert_eq!(
+                security.allow_privilege_escalation,
+                Some(false),
+                "{name}/{}",
+                c.name
+            );
+            assert_eq!(
+                security.read_only_root_filesystem,
+                Some(true),
+                "{name}/{}",
+                c.name
+            );
+            let non_root = pod
+                .security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root)
+                .or(security.run_as_non_root);
+            assert_eq!(
+                non_root,
+                Some(name != "node-agent"),
+                "{name}/{}: runAsNonRoot",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_or_mistyped_field_is_refused() {
+    let docs = render();
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment")
+        .clone();
+    assert_eq!(parse(&deployment), Ok(()));
+
+    // The seed's own kind of typo: a field one letter off.
+    let mut typo = deployment.clone();
+    typo["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] =
+        typo["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].clone();
+    let error = parse(&typo).unwrap_err();
+    assert!(
+        error.contains(".spec.template.spec.containers[0].readinesProbe"),
+        "{error}"
+    );
+
+    // A field at the wrong level.
+    let mut misplaced = deployment.clone();
+    misplaced["spec"]["serviceName"] = Value::String("x".into());
+    assert!(parse(&misplaced).unwrap_err().contains(".spec.serviceName"));
+
+    // A wrong type.
+    let mut mistyped = deployment.clone();
+    mistyped["spec"]["replicas"] = Value::String("two".into());
+    assert!(parse(&mistyped).is_err());
+
+    // A kind that is not what it says.
+    let mut kind = deployment;
+    kind["kind"] = Value::String("Deploymnet".into());
+    assert!(parse(&kind).unwrap_err().contains("Deploymnet"));
+}
