@@ -5,7 +5,8 @@
 //! deployment promises: etcd as a StatefulSet of three behind a headless
 //! service, the services as Deployments (scheduler-svc with two replicas),
 //! the node agent as a DaemonSet, and on every container probes, resource
-//! requests and a security context, non-root wherever the program allows.
+//! requests and a security context that drops every capability, non-root
+//! and read-only wherever the program allows.
 
 use std::process::Command;
 
@@ -219,18 +220,37 @@ fn every_object_fits_the_kubernetes_schema() {
                 c.name
             );
             let security = c.security_context.as_ref().expect("a security context");
+            let drops = security.capabilities.as_ref().and_then(|c| c.drop.clone());
             assert_eq!(
-                security.allow_privilege_escalation,
-                Some(false),
-                "{name}/{}",
+                drops,
+                Some(vec!["ALL".to_string()]),
+                "{name}/{}: capabilities",
                 c.name
             );
-            assert_eq!(
-                security.read_only_root_filesystem,
-                Some(true),
-                "{name}/{}",
-                c.name
-            );
+            if name == "node-agent" {
+                // Namespaces and mounts for its pods: SYS_ADMIN, which
+                // Kubernetes only grants with privilege escalation allowed.
+                let adds = security
+                    .capabilities
+                    .as_ref()
+                    .and_then(|c| c.add.clone())
+                    .unwrap_or_default();
+                assert!(adds.iter().any(|a| a == "SYS_ADMIN"), "{adds:?}");
+                assert_ne!(security.allow_privilege_escalation, Some(false));
+            } else {
+                assert_eq!(
+                    security.allow_privilege_escalation,
+                    Some(false),
+                    "{name}/{}",
+                    c.name
+                );
+                assert_eq!(
+                    security.read_only_root_filesystem,
+                    Some(true),
+                    "{name}/{}",
+                    c.name
+                );
+            }
             let non_root = pod
                 .security_context
                 .as_ref()
