@@ -322,26 +322,9 @@ fn the_seed_story_on_the_compose_stack() {
             "pod containers of agent {agent} left: {pods:?}"
         );
     }
-    let networks = run(
-        "docker",
-        &[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", project.name),
-        ],
-    );
-    assert!(networks.trim().is_empty(), "networks left: {networks}");
-    let volumes = run(
-        "docker",
-        &[
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", project.name),
-        ],
-    );
-    assert!(volumes.trim().is_empty(), "volumes left: {volumes}");
+    let label = format!("label=com.docker.compose.project={}", project.name);
+    for kind in ["network", "volume"] {
+        let left = run("docker", &[kind, "ls", "-q", "--filter", &label]);
+        assert!(left.trim().is_empty(), "{kind}s left: {left}");
+    }
 }
