@@ -130,6 +130,12 @@ impl Agent {
                     Err(e) => tracing::warn!(error = %e, "cannot list earlier containers"),
                 }
                 tracing::info!(network = %docker.network, sandbox = ?docker.sandbox, "pods run as Docker containers");
+                if docker.sandbox.is_none() {
+                    tracing::warn!(
+                        "no sandbox container: pods will outlive this agent if it dies; its node lease still \
+                         fences their identities and volumes, but run the agent in a container to have them die with it"
+                    );
+                }
                 if node_address.is_none() {
                     node_address = docker.sandbox_address.clone();
                 }
