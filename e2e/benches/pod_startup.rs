@@ -10,6 +10,13 @@
 //! way by hand (the agent's `setpriv`/`unshare` wrapper) and running the
 //! probe once, with no control plane at all.
 //!
+//! With `PETSET_BENCH_RUNTIME=docker` the agent runs each pod as a Docker
+//! container (`--runtime docker`) on a network the bench makes, from the
+//! image `petset/kubia-pet:dev` (`scripts/images`; `PETSET_BENCH_IMAGE`
+//! overrides), with no readiness probe (Ready once started); the baseline
+//! is `docker run -d --rm` of the same image by hand with the same address,
+//! hostname and bind mount.
+//!
 //! Run with `cargo bench -p petset-e2e --bench pod_startup` (as root, with
 //! etcd installed: `scripts/install-deps`). Results go in BENCHMARKS.md.
 
@@ -24,7 +31,60 @@ use tonic::transport::Channel;
 
 const PODS: usize = 40;
 
-fn set(replicas: i32) -> v1::StatefulSet {
+/// Where the bench's pods run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Runtime {
+    Process,
+    /// The image, and the network's first two octets.
+    Docker {
+        image: String,
+        net: String,
+    },
+}
+
+impl Runtime {
+    fn from_env() -> Runtime {
+        match std::env::var("PETSET_BENCH_RUNTIME").as_deref() {
+            Ok("docker") => Runtime::Docker {
+                image: std::env::var("PETSET_BENCH_IMAGE")
+                    .unwrap_or_else(|_| "petset/kubia-pet:dev".into()),
+                net: "10.251".into(),
+            },
+            _ => Runtime::Process,
+        }
+    }
+
+    fn container(&self) -> v1::Container {
+        let mount = v1::VolumeMount {
+            name: "data".into(),
+            mount_path: "/var/data".into(),
+            read_only: false,
+        };
+        match self {
+            Runtime::Process => v1::Container {
+                name: "app".into(),
+                command: vec!["sleep".into(), "3600".into()],
+                readiness_probe: Some(v1::Probe {
+                    exec: Some(v1::ExecAction {
+                        command: vec!["true".into()],
+                    }),
+                    period_seconds: 1,
+                    ..Default::default()
+                }),
+                volume_mounts: vec![mount],
+                ..Default::default()
+            },
+            Runtime::Docker { image, .. } => v1::Container {
+                name: "app".into(),
+                image: image.clone(),
+                volume_mounts: vec![mount],
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn set(runtime: &Runtime, replicas: i32) -> v1::StatefulSet {
     let labels: HashMap<String, String> = [("app".to_string(), "bench".to_string())].into();
     v1::StatefulSet {
         metadata: Some(v1::ObjectMeta {
@@ -44,23 +104,7 @@ fn set(replicas: i32) -> v1::StatefulSet {
                     ..Default::default()
                 }),
                 spec: Some(v1::PodSpec {
-                    containers: vec![v1::Container {
-                        name: "app".into(),
-                        command: vec!["sleep".into(), "3600".into()],
-                        readiness_probe: Some(v1::Probe {
-                            exec: Some(v1::ExecAction {
-                                command: vec!["true".into()],
-                            }),
-                            period_seconds: 1,
-                            ..Default::default()
-                        }),
-                        volume_mounts: vec![v1::VolumeMount {
-                            name: "data".into(),
-                            mount_path: "/var/data".into(),
-                            read_only: false,
-                        }],
-                        ..Default::default()
-                    }],
+                    containers: vec![runtime.container()],
                     termination_grace_period_seconds: Some(1),
                     ..Default::default()
                 }),
@@ -87,6 +131,7 @@ fn set(replicas: i32) -> v1::StatefulSet {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
+    let runtime = Runtime::from_env();
     let etcd = petset_core::testing::Etcd::start();
     let store = etcd.store_config("bench");
     let data = tempfile::tempdir().unwrap();
@@ -148,23 +193,45 @@ async fn main() {
         format!("127.0.0.1:{}", petset_core::testing::free_port())
             .parse()
             .unwrap();
-    let agent_config = node_agent::Config::parse_from([
-        "node-agent",
-        "--name",
-        "bench-node",
-        "--scheduler-addr",
-        &format!("http://{scheduler}"),
-        "--identity-addr",
-        &format!("http://{identity}"),
-        "--storage-addr",
-        &format!("http://{storage}"),
-        "--grpc-addr",
-        &agent_addr.to_string(),
-        "--pod-subnet",
-        "127.9.0.0/24",
-        "--data-dir",
-        data.path().join("agent").to_str().unwrap(),
-    ]);
+    let mut agent_args = vec![
+        "node-agent".to_string(),
+        "--name".into(),
+        "bench-node".into(),
+        "--scheduler-addr".into(),
+        format!("http://{scheduler}"),
+        "--identity-addr".into(),
+        format!("http://{identity}"),
+        "--storage-addr".into(),
+        format!("http://{storage}"),
+        "--grpc-addr".into(),
+        agent_addr.to_string(),
+        "--data-dir".into(),
+        data.path().join("agent").display().to_string(),
+    ];
+    let network = format!("petset-bench-{}", std::process::id());
+    match &runtime {
+        Runtime::Process => agent_args.extend(["--pod-subnet".into(), "127.9.0.0/24".into()]),
+        Runtime::Docker { net, .. } => {
+            docker(&[
+                "network",
+                "create",
+                "--subnet",
+                &format!("{net}.0.0/16"),
+                &network,
+            ]);
+            agent_args.extend([
+                "--runtime".into(),
+                "docker".into(),
+                "--docker-sandbox".into(),
+                "none".into(),
+                "--docker-network".into(),
+                network.clone(),
+                "--pod-subnet".into(),
+                format!("{net}.1.0/24"),
+            ]);
+        }
+    }
+    let agent_config = node_agent::Config::parse_from(agent_args);
     let agent_listener = tokio::net::TcpListener::bind(agent_addr).await.unwrap();
     tokio::spawn({
         let s = shutdown.clone();
@@ -227,7 +294,7 @@ async fn main() {
     for i in 0..PODS {
         let start = Instant::now();
         sets.apply_stateful_set(v1::ApplyStatefulSetRequest {
-            stateful_set: Some(set(i as i32 + 1)),
+            stateful_set: Some(set(&runtime, i as i32 + 1)),
         })
         .await
         .unwrap();
@@ -241,39 +308,92 @@ async fn main() {
         samples,
     };
 
-    // Baseline: the same wrapper and program started by hand, then the probe.
+    // Baseline: the same container started by hand (the wrapper and the
+    // probe for processes, `docker run` for Docker).
     let mut samples = Vec::new();
     let dir = data.path().join("baseline");
     std::fs::create_dir_all(&dir).unwrap();
     for i in 0..PODS {
         let start = Instant::now();
-        let mut child = tokio::process::Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--", "unshare", "--uts", "--mount", "--propagation", "private", "--fork", "--kill-child", "--"])
-            .args(["/bin/sh", "-c", "hostname \"$H\"; mkdir -p /var/data; mount --bind \"$D\" /var/data; exec sleep 3600"])
-            .env("H", format!("baseline-{i}"))
-            .env("D", &dir)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let probe = tokio::process::Command::new("true").status().await.unwrap();
-        assert!(probe.success());
-        samples.push(start.elapsed());
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        match &runtime {
+            Runtime::Process => {
+                let mut child = tokio::process::Command::new("setpriv")
+                    .args(["--pdeathsig", "KILL", "--", "unshare", "--uts", "--mount", "--propagation", "private", "--fork", "--kill-child", "--"])
+                    .args(["/bin/sh", "-c", "hostname \"$H\"; mkdir -p /var/data; mount --bind \"$D\" /var/data; exec sleep 3600"])
+                    .env("H", format!("baseline-{i}"))
+                    .env("D", &dir)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .unwrap();
+                let probe = tokio::process::Command::new("true").status().await.unwrap();
+                assert!(probe.success());
+                samples.push(start.elapsed());
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            Runtime::Docker { image, net } => {
+                let name = format!("{network}-baseline-{i}");
+                docker(&[
+                    "run",
+                    "-d",
+                    "--rm",
+                    "--name",
+                    &name,
+                    "--network",
+                    &network,
+                    "--ip",
+                    &format!("{net}.2.{}", i + 1),
+                    "--hostname",
+                    &format!("baseline-{i}"),
+                    "-v",
+                    &format!("{}:/var/data", dir.display()),
+                    image,
+                ]);
+                samples.push(start.elapsed());
+                docker(&["rm", "-f", &name]);
+            }
+        }
     }
     let baseline = Stats {
-        name: "start the same process by hand (baseline)",
+        name: match runtime {
+            Runtime::Process => "start the same process by hand (baseline)",
+            Runtime::Docker { .. } => "docker run the same image by hand (baseline)",
+        },
         samples,
     };
 
-    println!("pod startup, {PODS} pods one after another, one node, real processes");
+    println!("pod startup, {PODS} pods one after another, one node, runtime {runtime:?}");
     report(&baseline, &baseline);
     report(&startup, &baseline);
     sets.apply_stateful_set(v1::ApplyStatefulSetRequest {
-        stateful_set: Some(set(0)),
+        stateful_set: Some(set(&runtime, 0)),
     })
     .await
     .unwrap();
+    let nodes = nodes.clone();
+    petset_core::testing::wait_for("the pods to stop", Duration::from_secs(60), || {
+        let mut n = nodes.clone();
+        async move {
+            n.list_nodes(v1::ListNodesRequest {})
+                .await
+                .ok()
+                .filter(|r| r.get_ref().nodes.iter().all(|n| n.pods == 0))
+        }
+    })
+    .await;
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if matches!(runtime, Runtime::Docker { .. }) {
+        docker(&["network", "rm", &network]);
+    }
+}
+
+/// Runs the docker CLI (the bench's own set-up and baseline).
+fn docker(args: &[&str]) {
+    let status = std::process::Command::new("docker")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("docker runs");
+    assert!(status.success(), "docker {args:?} failed");
 }
