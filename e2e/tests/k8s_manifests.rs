@@ -4,14 +4,18 @@
 //! not keep, fails the round trip (object → type → object). Then what the
 //! deployment promises: etcd as a StatefulSet of three behind a headless
 //! service, the services as Deployments (scheduler-svc with two replicas),
-//! the node agent as a DaemonSet, and on every container probes, resource
+//! the node agent as a DaemonSet, selectors that match their templates,
+//! Services whose selectors and named ports meet a workload's, references to
+//! ConfigMaps and claims that exist, and on every container probes, resource
 //! requests and a security context that drops every capability, non-root
 //! and read-only wherever the program allows.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, PodSpec, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use petset_e2e::repo_root;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -65,6 +69,14 @@ fn typed<T: k8s_openapi::Resource + DeserializeOwned + Serialize>(
     } else {
         Err(format!("unknown fields: {}", lost.join(", ")))
     }
+}
+
+/// A workload's pod template, with what selects it.
+struct Workload<'a> {
+    name: String,
+    selector: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    pod: &'a PodSpec,
 }
 
 /// Every object of the rendered deployment, by kind.
@@ -185,26 +197,109 @@ fn every_object_fits_the_kubernetes_schema() {
 
     // Every container: readiness and liveness probes, requests, a security
     // context without privilege escalation; non-root but for the node agent.
-    let pods: Vec<(String, &PodSpec)> = objects
+    let workloads: Vec<Workload> = objects
         .stateful_sets
         .iter()
-        .map(|s| (s.metadata.name.clone(), s.spec.template.spec.as_ref()))
+        .map(|s| (&s.metadata, &s.spec.selector, &s.spec.template))
         .chain(
             objects
                 .deployments
                 .iter()
-                .map(|d| (d.metadata.name.clone(), d.spec.template.spec.as_ref())),
+                .map(|d| (&d.metadata, &d.spec.selector, &d.spec.template)),
         )
         .chain(
             objects
                 .daemon_sets
                 .iter()
-                .map(|d| (d.metadata.name.clone(), d.spec.template.spec.as_ref())),
+                .map(|d| (&d.metadata, &d.spec.selector, &d.spec.template)),
         )
-        .map(|(name, spec)| (name.unwrap_or_default(), spec.expect("a pod spec")))
+        .map(|(meta, selector, template)| Workload {
+            name: meta.name.clone().unwrap_or_default(),
+            selector: selector.match_labels.clone().unwrap_or_default(),
+            labels: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default(),
+            pod: template.spec.as_ref().expect("a pod spec"),
+        })
         .collect();
-    assert_eq!(pods.len(), 5);
-    for (name, pod) in pods {
+    assert_eq!(workloads.len(), 5);
+    let config_maps: Vec<String> = objects
+        .config_maps
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    let claims: Vec<String> = objects
+        .claims
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    for w in &workloads {
+        // The selector picks the template's pods.
+        assert!(
+            !w.selector.is_empty() && w.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
+            "{}: selector {:?} does not match the template's labels {:?}",
+            w.name,
+            w.selector,
+            w.labels
+        );
+        // Every ConfigMap and claim it names exists (kustomize renames the
+        // generated ConfigMaps with a hash and must rewrite references).
+        for c in &w.pod.containers {
+            for source in c.env_from.iter().flatten() {
+                if let Some(r) = &source.config_map_ref {
+                    assert!(
+                        config_maps.contains(&r.name),
+                        "{}: no ConfigMap {}",
+                        w.name,
+                        r.name
+                    );
+                }
+            }
+        }
+        for v in w.pod.volumes.iter().flatten() {
+            if let Some(pvc) = &v.persistent_volume_claim {
+                assert!(
+                    claims.contains(&pvc.claim_name),
+                    "{}: no claim {}",
+                    w.name,
+                    pvc.claim_name
+                );
+            }
+        }
+    }
+    // Every Service selects a workload's pods, and its named target ports
+    // are that workload's container ports.
+    for service in &objects.services {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let spec = service.spec.as_ref().expect("a service spec");
+        let selector = spec.selector.clone().unwrap_or_default();
+        let target = workloads
+            .iter()
+            .find(|w| {
+                !selector.is_empty() && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            })
+            .unwrap_or_else(|| panic!("Service {name} selects no workload ({selector:?})"));
+        let ports: Vec<String> = target
+            .pod
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| p.name.clone())
+            .collect();
+        for port in spec.ports.iter().flatten() {
+            if let Some(IntOrString::String(named)) = &port.target_port {
+                assert!(
+                    ports.contains(named),
+                    "Service {name}: target port {named} is not a port of {}",
+                    target.name
+                );
+            }
+        }
+    }
+    for w in workloads {
+        let (name, pod) = (w.name, w.pod);
         for c in &pod.containers {
             assert!(
                 c.readiness_probe.is_some() && c.liveness_probe.is_some(),
