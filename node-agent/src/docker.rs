@@ -255,6 +255,12 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
         let options = CreateContainerOptions {
             name: Some(spec.name.clone()),
             ..Default::default()
@@ -287,12 +293,6 @@ impl DockerRuntime {
                 return Err(format!("cannot attach to the container: {e}"));
             }
         };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .await
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
         let copy = tokio::spawn(async move {
             let mut output = output;
             while let Some(Ok(chunk)) = output.next().await {

@@ -153,10 +153,18 @@ impl Agent {
             identities: IdentitiesClient::new(identity.clone()),
             storage: StorageClient::new(lazy_channel("storage-addr", &config.storage_addr)?),
         });
-        let agent_endpoint = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let node_address = node_address.unwrap_or_else(|| "127.0.0.1".into());
+        // Where petctl finds this agent's logs: the bound address, or the
+        // node's address when bound to every address (0.0.0.0 reaches
+        // nothing from elsewhere).
+        let agent_endpoint = match listener.local_addr() {
+            Ok(a) if a.ip().is_unspecified() => match node_address.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, a.port()).to_string(),
+                Err(_) => a.to_string(),
+            },
+            Ok(a) => a.to_string(),
+            Err(_) => String::new(),
+        };
         let mut host = ServiceHost::new();
         host.add_service(NodeAgentServer::new(LogsApi { ctx: ctx.clone() }));
         let server = tokio::spawn(host.serve(listener, shutdown.clone()));
@@ -169,7 +177,7 @@ impl Agent {
             running: BTreeMap::new(),
             config: config.clone(),
             agent_endpoint,
-            node_address: node_address.unwrap_or_else(|| "127.0.0.1".into()),
+            node_address,
         };
         node.run(shutdown.clone(), LeasesClient::new(identity))
             .await;
