@@ -4,7 +4,9 @@
 //! identity-svc, storage-svc, three Docker-runtime node agents) under a
 //! project of the test's own, and petctl on the host replays the seed:
 //! apply, ordered start, data stored through the API proxy, peers found
-//! through the cluster DNS from inside a pod, scale up. Then the leading
+//! through the cluster DNS from inside a pod, pod logs, exec probes run
+//! inside a container (readiness, and a liveness failure restarting it),
+//! scale up. Then the leading
 //! scheduler container is stopped and the other takes over; a node
 //! container is killed and its pod runs again on another node once the
 //! node's lease has expired, with the data on its shared volume; `down`
@@ -18,6 +20,51 @@ use petset_e2e::{Petctl, binary, free_port, http, repo_root, run, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TAG: &str = "e2e";
+
+/// A set whose probes are commands run inside the container (the agent's
+/// image has a shell, and the example program to run).
+const PROBE_SET: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: probe
+spec:
+  clusterIP: None
+  selector:
+    app: probe
+  ports:
+  - name: http
+    port: 8080
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: probe
+spec:
+  serviceName: probe
+  replicas: 1
+  selector:
+    matchLabels:
+      app: probe
+  template:
+    metadata:
+      labels:
+        app: probe
+    spec:
+      containers:
+      - name: app
+        image: petset/node-agent:TAG
+        command: ["/opt/petset/programs/kubia-pet"]
+        readinessProbe:
+          exec:
+            command: ["/bin/sh", "-c", "test -e /tmp/ready"]
+          periodSeconds: 1
+        livenessProbe:
+          exec:
+            command: ["/bin/sh", "-c", "test ! -e /tmp/die"]
+          periodSeconds: 1
+          failureThreshold: 1
+"#;
 
 /// `docker compose` when the plugin is there, else `docker-compose`
 /// (`PETSET_COMPOSE` overrides, e.g. `docker-compose`).
@@ -261,6 +308,61 @@ fn the_seed_story_on_the_compose_stack() {
         "kubia-1 did not find both peers through DNS:\n{body}"
     );
 
+    // Pod logs, from the node agent that runs kubia-0.
+    let logs = petctl.run(&["logs", "kubia-0"]);
+    assert!(
+        logs.contains("Kubia server starting")
+            && logs.contains("New data has been received and stored."),
+        "{logs}"
+    );
+
+    // Exec probes run inside the container: readiness follows a file the
+    // container has, and a failing liveness probe restarts it (a new
+    // container, so the file is gone again).
+    let agents: Vec<String> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| project.container(n))
+        .collect();
+    let probe_container = || {
+        agents.iter().find_map(|agent| {
+            containers(&[
+                "petset.io/pod=default/probe-0".to_string(),
+                format!("petset.io/sandbox={agent}"),
+            ])
+            .into_iter()
+            .next()
+        })
+    };
+    let probed = data_dir.join("probe.yaml");
+    std::fs::write(&probed, PROBE_SET.replace("TAG", TAG)).unwrap();
+    petctl.run(&["apply", "-f", probed.to_str().unwrap()]);
+    let probe = |ready: bool, restarts: i64| {
+        move |p: &petset_e2e::PodRow| {
+            p.0 == "probe-0" && p.1 == ready && p.4 == restarts && !p.2.is_empty()
+        }
+    };
+    wait_until("probe-0 running, not ready", DEADLINE, || {
+        petctl.pods().iter().any(probe(false, 0)).then_some(())
+    });
+    let id = wait_until("probe-0's container", DEADLINE, probe_container);
+    run("docker", &["exec", &id, "/bin/sh", "-c", ": > /tmp/ready"]);
+    wait_until("probe-0 ready", DEADLINE, || {
+        petctl.pods().iter().any(probe(true, 0)).then_some(())
+    });
+    run("docker", &["exec", &id, "/bin/sh", "-c", ": > /tmp/die"]);
+    wait_until("probe-0 restarted by its liveness probe", DEADLINE, || {
+        petctl.pods().iter().any(probe(false, 1)).then_some(())
+    });
+    let restarted = wait_until("probe-0's new container", DEADLINE, || {
+        probe_container().filter(|c| *c != id)
+    });
+    assert_ne!(restarted, id);
+    petctl.run(&["delete", "sts", "probe"]);
+    wait_until("probe-0 gone", DEADLINE, || {
+        (!petctl.pods().iter().any(|p| p.0 == "probe-0") && probe_container().is_none())
+            .then_some(())
+    });
+
     petctl.run(&["scale", "sts", "kubia", "--replicas=3"]);
     petctl.wait_ready(&["kubia-0", "kubia-1", "kubia-2"], DEADLINE);
 
@@ -308,10 +410,6 @@ fn the_seed_story_on_the_compose_stack() {
     );
 
     // down: nothing of the project is left.
-    let agents: Vec<String> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|n| project.container(n))
-        .collect();
     project.run(&["down", "-v", "--remove-orphans", "-t", "20"]);
     let left = containers(&[format!("com.docker.compose.project={}", project.name)]);
     assert!(left.is_empty(), "compose containers left: {left:?}");
