@@ -261,16 +261,7 @@ async fn main() {
     let mut sets = v1::stateful_sets_client::StatefulSetsClient::new(channel(scheduler));
     let pods = v1::pods_client::PodsClient::new(channel(scheduler));
     let nodes = v1::nodes_client::NodesClient::new(channel(scheduler));
-    petset_core::testing::wait_for("the node to register", Duration::from_secs(20), || {
-        let mut n = nodes.clone();
-        async move {
-            n.list_nodes(v1::ListNodesRequest {})
-                .await
-                .ok()
-                .filter(|r| r.get_ref().nodes.iter().any(|n| n.ready))
-        }
-    })
-    .await;
+    wait_nodes(&nodes, "the node to register", |n| n.ready).await;
 
     let ready = |name: String| {
         let pods = pods.clone();
@@ -370,22 +361,30 @@ async fn main() {
     })
     .await
     .unwrap();
-    let nodes = nodes.clone();
-    petset_core::testing::wait_for("the pods to stop", Duration::from_secs(60), || {
-        let mut n = nodes.clone();
-        async move {
-            n.list_nodes(v1::ListNodesRequest {})
-                .await
-                .ok()
-                .filter(|r| r.get_ref().nodes.iter().all(|n| n.pods == 0))
-        }
-    })
-    .await;
+    wait_nodes(&nodes, "the pods to stop", |n| n.pods == 0).await;
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     if matches!(runtime, Runtime::Docker { .. }) {
         docker(&["network", "rm", &network]);
     }
+}
+
+/// Waits until every node passes `ok` (at least one node registered).
+async fn wait_nodes(
+    nodes: &v1::nodes_client::NodesClient<Channel>,
+    what: &str,
+    ok: fn(&v1::Node) -> bool,
+) {
+    petset_core::testing::wait_for(what, Duration::from_secs(60), || {
+        let mut n = nodes.clone();
+        async move {
+            n.list_nodes(v1::ListNodesRequest {})
+                .await
+                .ok()
+                .filter(|r| !r.get_ref().nodes.is_empty() && r.get_ref().nodes.iter().all(ok))
+        }
+    })
+    .await;
 }
 
 /// Runs the docker CLI (the bench's own set-up and baseline).
