@@ -398,39 +398,10 @@ async fn logs(
     tail: Option<i64>,
     previous: bool,
 ) -> Result<()> {
-    let p = c
+    // scheduler-svc asks the pod's node agent, as the API server asks the
+    // kubelet: only scheduler-svc need be reachable.
+    let r = c
         .pods()
-        .get_pod(v1::GetPodRequest {
-            namespace: c.namespace.clone(),
-            name: pod.into(),
-        })
-        .await
-        .map_err(explain)?
-        .into_inner();
-    let nodes = c
-        .nodes()
-        .list_nodes(v1::ListNodesRequest {})
-        .await
-        .map_err(explain)?
-        .into_inner()
-        .nodes;
-    let node = nodes
-        .iter()
-        .find(|n| n.name == p.node_name)
-        .ok_or_else(|| {
-            anyhow!(
-                "pod {pod} is on node {}, which is not registered",
-                p.node_name
-            )
-        })?;
-    if node.agent_endpoint.is_empty() {
-        bail!(
-            "node {} does not serve logs (its agent gave no address)",
-            node.name
-        );
-    }
-    let channel = Endpoint::from_shared(format!("http://{}", node.agent_endpoint))?.connect_lazy();
-    let r = v1::node_agent_client::NodeAgentClient::new(channel)
         .pod_logs(v1::PodLogsRequest {
             namespace: c.namespace.clone(),
             name: pod.into(),
@@ -439,7 +410,14 @@ async fn logs(
             previous,
         })
         .await
-        .map_err(explain)?
+        .map_err(|status| {
+            // scheduler-svc answered, but the node's agent did not.
+            if status.code() == tonic::Code::Unavailable && status.message().starts_with("node ") {
+                anyhow!("Error from server: {}", status.message())
+            } else {
+                explain(status)
+            }
+        })?
         .into_inner();
     print!("{}", r.text);
     Ok(())

@@ -276,6 +276,8 @@ impl stateful_sets_server::StatefulSets for StatefulSetsApi {
 pub struct PodsApi {
     /// The stored pods.
     pub pods: Pods,
+    /// The store (node records, for the agents' addresses).
+    pub store: Store,
 }
 
 #[tonic::async_trait]
@@ -335,6 +337,46 @@ impl pods_server::Pods for PodsApi {
                 String::new()
             },
         }))
+    }
+
+    async fn pod_logs(
+        &self,
+        request: Request<v1::PodLogsRequest>,
+    ) -> Result<Response<v1::PodLogsResponse>, Status> {
+        let mut r = request.into_inner();
+        let ns = pods::parse_name(&r.namespace, &r.name)?;
+        let (pod, _) = self.pods.get(&ns, &r.name).await?;
+        let node_name = pod.value.node.clone();
+        let node: Versioned<crate::records::NodeRecord> = self
+            .store
+            .fetch(&Keys(&self.store).node(&node_name), "node", &node_name)
+            .await?;
+        let endpoint = node.value.agent_endpoint;
+        if endpoint.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pod {ns}/{} runs on node {node_name}, whose agent serves no logs (it gave no address)",
+                r.name
+            )));
+        }
+        r.namespace = ns;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| {
+                Status::internal(format!(
+                    "node {node_name}'s agent address {endpoint:?}: {e}"
+                ))
+            })?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        v1::node_agent_client::NodeAgentClient::new(channel)
+            .pod_logs(r)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable => Status::unavailable(format!(
+                    "node {node_name}'s agent at {endpoint} does not answer: {}",
+                    status.message()
+                )),
+                _ => status,
+            })
     }
 }
 

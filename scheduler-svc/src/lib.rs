@@ -124,7 +124,10 @@ impl Server {
             store: store.clone(),
             shutdown: shutdown.clone(),
         }))
-        .add_service(PodsServer::new(PodsApi { pods: pods.clone() }))
+        .add_service(PodsServer::new(PodsApi {
+            pods: pods.clone(),
+            store: store.clone(),
+        }))
         .add_service(petset_proto::v1::cluster_server::ClusterServer::new(
             grpc::ClusterApi {
                 identity_addr: config

@@ -630,3 +630,37 @@ async fn pods_of_a_lost_node_run_again_elsewhere_once_its_lease_expired() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pod_logs_come_from_the_pods_agent_or_say_why_not() {
+    let cluster = Cluster::start("pod-logs", 1).await;
+    cluster.seed_volumes().await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // The simulated agent registers without a logs endpoint.
+    let _n1 = Agent::start(&cluster, 0, "n1", log.clone()).await;
+    let (mut sets, mut pods) = (cluster.sets(0), cluster.pods(0));
+    sets.apply_stateful_set(v1::ApplyStatefulSetRequest {
+        stateful_set: Some(kubia(1)),
+    })
+    .await
+    .unwrap();
+    wait_ready(&pods, "kubia", &["kubia-0"]).await;
+    let request = |name: &str| v1::PodLogsRequest {
+        namespace: "default".into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let status = pods.pod_logs(request("kubia-0")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("node n1") && status.message().contains("serves no logs"),
+        "{}",
+        status.message()
+    );
+    let status = pods.pod_logs(request("kubia-9")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let status = pods.pod_logs(request("Kubia_0")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("name"), "{}", status.message());
+    cluster.stop().await;
+}
