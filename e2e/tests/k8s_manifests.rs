@@ -6,8 +6,10 @@
 //! service, the services as Deployments (scheduler-svc with two replicas),
 //! the node agent as a DaemonSet, selectors that match their templates,
 //! Services whose selectors and named ports meet a workload's, references to
-//! ConfigMaps and claims that exist, and on every container probes, resource
-//! requests and a security context that drops every capability, non-root
+//! ConfigMaps and claims that exist, disruption budgets for etcd's quorum
+//! and a scheduler replica, no API token in any pod, and on every container
+//! probes, resource requests and a security context that drops every
+//! capability, non-root
 //! and read-only wherever the program allows.
 
 use std::collections::BTreeMap;
@@ -15,6 +17,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, PodSpec, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use petset_e2e::repo_root;
 use serde::Serialize;
@@ -89,6 +92,7 @@ struct Objects {
     stateful_sets: Vec<StatefulSet>,
     deployments: Vec<Deployment>,
     daemon_sets: Vec<DaemonSet>,
+    budgets: Vec<PodDisruptionBudget>,
 }
 
 fn parse(doc: &Value) -> Result<(), String> {
@@ -105,6 +109,7 @@ impl Objects {
             "StatefulSet" => self.stateful_sets.push(typed(doc)?),
             "Deployment" => self.deployments.push(typed(doc)?),
             "DaemonSet" => self.daemon_sets.push(typed(doc)?),
+            "PodDisruptionBudget" => self.budgets.push(typed(doc)?),
             other => return Err(format!("kind {other:?} is not one petset deploys")),
         }
         Ok(())
@@ -235,7 +240,37 @@ fn every_object_fits_the_kubernetes_schema() {
         .iter()
         .filter_map(|c| c.metadata.name.clone())
         .collect();
+    // etcd keeps its quorum and scheduler-svc a replica through voluntary
+    // disruptions (drains), and each budget selects a workload's pods.
+    let budgets: BTreeMap<String, IntOrString> = objects
+        .budgets
+        .iter()
+        .map(|b| {
+            let spec = b.spec.as_ref().expect("a budget spec");
+            let selector = spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            let name = b.metadata.name.clone().unwrap_or_default();
+            assert!(
+                workloads.iter().any(|w| !selector.is_empty()
+                    && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))),
+                "budget {name} selects no workload"
+            );
+            (name, spec.min_available.clone().expect("minAvailable"))
+        })
+        .collect();
+    assert_eq!(budgets.get("etcd"), Some(&IntOrString::Int(2)));
+    assert_eq!(budgets.get("scheduler-svc"), Some(&IntOrString::Int(1)));
     for w in &workloads {
+        // petset does not use the Kubernetes API: no token in its pods.
+        assert_eq!(
+            w.pod.automount_service_account_token,
+            Some(false),
+            "{}",
+            w.name
+        );
         // The selector picks the template's pods.
         assert!(
             !w.selector.is_empty() && w.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
