@@ -40,6 +40,8 @@ pub const NODE_LABEL: &str = "petset.io/node";
 pub const SANDBOX_LABEL: &str = "petset.io/sandbox";
 /// Label: `<namespace>/<pod>`.
 pub const POD_LABEL: &str = "petset.io/pod";
+/// A request timeout long enough never to fire (a year).
+const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How the agent reaches Docker and where it puts pods.
 #[derive(Debug, Clone)]
@@ -85,30 +87,24 @@ impl DockerRuntime {
                 // Docker names a container's host after its short ID
                 // unless told otherwise.
                 let me = std::env::var("HOSTNAME").unwrap_or_default();
-                match client.inspect_container(&me, None).await {
-                    Ok(c) if !me.is_empty() => c.id,
-                    _ => None,
+                if me.is_empty() {
+                    None
+                } else {
+                    client.inspect_container(&me, None).await.ok()
                 }
             }
             name => Some(
                 client
                     .inspect_container(name, None)
                     .await
-                    .map_err(|e| format!("sandbox container {name:?}: {e}"))?
-                    .id
-                    .unwrap_or_else(|| name.to_string()),
+                    .map_err(|e| format!("sandbox container {name:?}: {e}"))?,
             ),
         };
-        let sandbox_networks = match &sandbox {
-            Some(id) => client
-                .inspect_container(id, None)
-                .await
-                .map_err(|e| format!("sandbox container {id}: {e}"))?
-                .network_settings
-                .and_then(|n| n.networks)
-                .unwrap_or_default(),
-            None => HashMap::new(),
-        };
+        let sandbox_networks = sandbox
+            .as_ref()
+            .and_then(|c| c.network_settings.as_ref()?.networks.clone())
+            .unwrap_or_default();
+        let sandbox = sandbox.and_then(|c| c.id);
         let network = match &settings.network {
             Some(n) => n.clone(),
             None => {
@@ -307,7 +303,9 @@ impl DockerRuntime {
             copy.abort();
             return Err(format!("cannot start the container: {e}"));
         }
-        let client = self.client.clone();
+        // The engine answers a wait when the container ends, however long
+        // that is: no request timeout for this one (bollard's is 2 minutes).
+        let client = self.client.clone().with_timeout(NO_TIMEOUT);
         let wait_id = id.clone();
         let exit = tokio::spawn(async move {
             let options = WaitContainerOptions {
