@@ -1,7 +1,7 @@
 //! node-agent is petset's kubelet: it registers its node under an etcd lease
 //! (through scheduler-svc), runs the pods bound to the node as real
-//! processes, and stops them itself when it loses the lease, so that an
-//! identity never runs twice.
+//! processes or Docker containers, and stops them itself when it loses the
+//! lease, so that an identity never runs twice.
 //!
 //! # Layout
 //! - [`pods`]: one pod's life: attach, run, probe, restart, report, stop.
@@ -15,7 +15,9 @@
 //!   succeeded for two thirds of it (or etcd says it expired), every pod is
 //!   killed at once, before the lease can expire and the scheduler place
 //!   them elsewhere; then the node registers again.
-//! - A pod's processes end with the agent (parent-death signal).
+//! - A pod's processes end with the agent: a parent-death signal (process
+//!   runtime), or the agent container's PID namespace, which the pods join
+//!   (Docker runtime, when the agent runs in a container).
 
 pub mod config;
 pub mod docker;
@@ -91,57 +93,7 @@ impl Agent {
                 reason: e.to_string(),
             });
         }
-        let namespaces = config.runtime == RuntimeKind::Process
-            && match config.isolation {
-                Isolation::Namespaces if !runtime::is_root() => {
-                    return Err(ServeError::Config {
-                        setting: "isolation",
-                        reason: "namespaces need root; run as root or use --isolation none".into(),
-                    });
-                }
-                Isolation::Namespaces => true,
-                Isolation::None => false,
-                Isolation::Auto => runtime::is_root(),
-            };
-        if !namespaces && config.runtime == RuntimeKind::Process {
-            tracing::warn!(
-                "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
-            );
-        }
-        let mut node_address = config.node_address.clone();
-        let runtime = match config.runtime {
-            RuntimeKind::Process => runtime::Runtime::Process { namespaces },
-            RuntimeKind::Docker => {
-                let settings = docker::DockerSettings {
-                    network: config.docker_network.clone(),
-                    sandbox: config.docker_sandbox.clone(),
-                    pod_dns: config.pod_dns.clone(),
-                    cluster_domain: config.cluster_domain.clone(),
-                };
-                let docker = docker::DockerRuntime::connect(&config.name, &settings)
-                    .await
-                    .map_err(|reason| ServeError::Config {
-                        setting: "runtime",
-                        reason,
-                    })?;
-                match docker.remove_leftovers().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "removed containers an earlier run left"),
-                    Err(e) => tracing::warn!(error = %e, "cannot list earlier containers"),
-                }
-                tracing::info!(network = %docker.network, sandbox = ?docker.sandbox, "pods run as Docker containers");
-                if docker.sandbox.is_none() {
-                    tracing::warn!(
-                        "no sandbox container: pods will outlive this agent if it dies; its node lease still \
-                         fences their identities and volumes, but run the agent in a container to have them die with it"
-                    );
-                }
-                if node_address.is_none() {
-                    node_address = docker.sandbox_address.clone();
-                }
-                runtime::Runtime::Docker(Box::new(docker))
-            }
-        };
+        let (runtime, node_address) = make_runtime(config).await?;
         let identity = lazy_channel("identity-addr", &config.identity_addr)?;
         let ctx = Arc::new(Context {
             node: config.name.clone(),
@@ -189,6 +141,64 @@ impl Agent {
             })?
             .map_err(ServeError::Grpc)
     }
+}
+
+/// The runtime the settings ask for, and the node's address (from the
+/// settings, else the agent container's with the Docker runtime).
+async fn make_runtime(config: &Config) -> Result<(runtime::Runtime, Option<String>), ServeError> {
+    let mut node_address = config.node_address.clone();
+    let runtime = match config.runtime {
+        RuntimeKind::Process => {
+            let namespaces = match config.isolation {
+                Isolation::Namespaces if !runtime::is_root() => {
+                    return Err(ServeError::Config {
+                        setting: "isolation",
+                        reason: "namespaces need root; run as root or use --isolation none".into(),
+                    });
+                }
+                Isolation::Namespaces => true,
+                Isolation::None => false,
+                Isolation::Auto => runtime::is_root(),
+            };
+            if !namespaces {
+                tracing::warn!(
+                    "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
+                );
+            }
+            runtime::Runtime::Process { namespaces }
+        }
+        RuntimeKind::Docker => {
+            let settings = docker::DockerSettings {
+                network: config.docker_network.clone(),
+                sandbox: config.docker_sandbox.clone(),
+                pod_dns: config.pod_dns.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+            };
+            let docker = docker::DockerRuntime::connect(&config.name, &settings)
+                .await
+                .map_err(|reason| ServeError::Config {
+                    setting: "runtime",
+                    reason,
+                })?;
+            match docker.remove_leftovers().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed containers an earlier run left"),
+                Err(e) => tracing::warn!(error = %e, "cannot list earlier containers"),
+            }
+            tracing::info!(network = %docker.network, sandbox = ?docker.sandbox, "pods run as Docker containers");
+            if docker.sandbox.is_none() {
+                tracing::warn!(
+                    "no sandbox container: pods will outlive this agent if it dies; its node lease still \
+                     fences their identities and volumes, but run the agent in a container to have them die with it"
+                );
+            }
+            if node_address.is_none() {
+                node_address = docker.sandbox_address.clone();
+            }
+            runtime::Runtime::Docker(Box::new(docker))
+        }
+    };
+    Ok((runtime, node_address))
 }
 
 struct NodeLoop {

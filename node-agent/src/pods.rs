@@ -76,9 +76,9 @@ impl Context {
             .join(format!("{namespace}_{name}"))
     }
 
-    /// What the image map says for an image: an exact match, or the image
-    /// without its tag.
-    pub fn program_for(&self, image: &str) -> Option<String> {
+    /// The image map's entry for an image (a program, or a local image):
+    /// an exact match, or the image without its tag.
+    pub fn mapped_image(&self, image: &str) -> Option<String> {
         self.images.get(image).cloned().or_else(|| {
             let untagged = image.rsplit_once(':').map(|(i, _)| i).unwrap_or(image);
             self.images.get(untagged).cloned()
@@ -280,14 +280,14 @@ fn launch_for(
                     spec.containers.len()
                 ));
             }
-            if let Some(local) = ctx.program_for(&container.image) {
+            if let Some(local) = ctx.mapped_image(&container.image) {
                 image = local;
             }
         }
         Runtime::Process { namespaces } => {
             argv = container.command.clone();
             if argv.is_empty() {
-                let program = ctx.program_for(&container.image).ok_or_else(|| {
+                let program = ctx.mapped_image(&container.image).ok_or_else(|| {
                     format!(
                         "image {:?} has no command and is not mapped to a program on node {}: start the agent with --image {}=/path/to/program",
                         container.image, ctx.node, container.image
