@@ -82,6 +82,13 @@ struct Workload<'a> {
     pod: &'a PodSpec,
 }
 
+impl Workload<'_> {
+    /// Whether a (non-empty) label selector picks this workload's pods.
+    fn selected_by(&self, selector: &BTreeMap<String, String>) -> bool {
+        !selector.is_empty() && selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
 /// Every object of the rendered deployment, by kind.
 #[derive(Default)]
 struct Objects {
@@ -254,8 +261,7 @@ fn every_object_fits_the_kubernetes_schema() {
                 .unwrap_or_default();
             let name = b.metadata.name.clone().unwrap_or_default();
             assert!(
-                workloads.iter().any(|w| !selector.is_empty()
-                    && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))),
+                workloads.iter().any(|w| w.selected_by(&selector)),
                 "budget {name} selects no workload"
             );
             (name, spec.min_available.clone().expect("minAvailable"))
@@ -273,7 +279,7 @@ fn every_object_fits_the_kubernetes_schema() {
         );
         // The selector picks the template's pods.
         assert!(
-            !w.selector.is_empty() && w.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
+            w.selected_by(&w.selector),
             "{}: selector {:?} does not match the template's labels {:?}",
             w.name,
             w.selector,
@@ -312,9 +318,7 @@ fn every_object_fits_the_kubernetes_schema() {
         let selector = spec.selector.clone().unwrap_or_default();
         let target = workloads
             .iter()
-            .find(|w| {
-                !selector.is_empty() && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-            })
+            .find(|w| w.selected_by(&selector))
             .unwrap_or_else(|| panic!("Service {name} selects no workload ({selector:?})"));
         let ports: Vec<String> = target
             .pod
