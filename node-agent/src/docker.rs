@@ -258,7 +258,15 @@ impl DockerRuntime {
             .await
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
         let options = CreateContainerOptions {
-            name: Some(spec.name.clone()),
+            // After the agent's container too: two stacks on one engine
+            // never collide.
+            name: Some(format!(
+                "{}_{}",
+                spec.name,
+                self.sandbox
+                    .as_deref()
+                    .map_or("host".to_string(), |s| s.chars().take(12).collect())
+            )),
             ..Default::default()
         };
         let created = self

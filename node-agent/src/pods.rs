@@ -350,20 +350,6 @@ fn launch_for(
     })
 }
 
-/// The Docker runtime names each run of a container after the agent's
-/// container too, so that two stacks on one engine never collide.
-fn sandbox_suffix(runtime: &Runtime) -> Option<String> {
-    match runtime {
-        Runtime::Docker(d) => Some(
-            d.sandbox
-                .as_deref()
-                .map(|s| s.chars().take(12).collect())
-                .unwrap_or_else(|| "host".to_string()),
-        ),
-        Runtime::Process { .. } => None,
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run_container(
     ctx: Arc<Context>,
@@ -400,11 +386,7 @@ async fn run_container(
         if log.exists() {
             let _ = std::fs::rename(&log, log.with_extension("previous.log"));
         }
-        let mut run = launch.clone();
-        if let Some(sandbox) = sandbox_suffix(&ctx.runtime) {
-            run.engine_name = format!("{}_{restarts}_{sandbox}", launch.engine_name);
-        }
-        let mut child: Running = match run.start(&ctx.runtime, &log).await {
+        let mut child: Running = match launch.start(&ctx.runtime, &log, restarts).await {
             Ok(child) => child,
             Err(message) => {
                 tracing::warn!(container = %container.name, %message, "container did not start");

@@ -108,7 +108,8 @@ pub struct Launch {
     pub pod: String,
     /// The pod's namespace.
     pub namespace: String,
-    /// The engine's name for this run of the container (Docker runtime).
+    /// The engine's name for the container (Docker runtime; each run adds
+    /// its restart count).
     pub engine_name: String,
     /// The pod's address.
     pub ip: std::net::Ipv4Addr,
@@ -140,8 +141,14 @@ exec "$@"
 "#;
 
 impl Launch {
-    /// Starts the container on `runtime`, its output appended to `log`.
-    pub async fn start(&self, runtime: &Runtime, log: &Path) -> Result<Running, String> {
+    /// Starts run `restarts` of the container on `runtime`, its output
+    /// appended to `log`.
+    pub async fn start(
+        &self,
+        runtime: &Runtime,
+        log: &Path,
+        restarts: i32,
+    ) -> Result<Running, String> {
         match runtime {
             Runtime::Process { .. } => self
                 .command(log)
@@ -150,7 +157,7 @@ impl Launch {
                 .map_err(|e| format!("cannot start {:?}: {e}", self.argv.first())),
             Runtime::Docker(docker) => {
                 let spec = docker::ContainerSpec {
-                    name: self.engine_name.clone(),
+                    name: format!("{}_{restarts}", self.engine_name),
                     pod: &self.pod,
                     namespace: &self.namespace,
                     image: &self.image,
