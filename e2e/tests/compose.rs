@@ -263,6 +263,14 @@ fn the_seed_story_on_the_compose_stack() {
             &data_dir.join("volumes").display().to_string(),
         ));
     }
+    // Storage out of the box: the stack has a default class.
+    let classes = petctl.run(&["get", "sc"]);
+    assert!(
+        classes
+            .lines()
+            .any(|l| l.starts_with("standard (default)") && l.contains("petset.io/shared")),
+        "{classes}"
+    );
     let file = data_dir.join("kubia.yaml");
     std::fs::write(&file, manifests).unwrap();
     petctl.run(&["apply", "-f", file.to_str().unwrap()]);

@@ -156,6 +156,24 @@ fn every_object_fits_the_kubernetes_schema() {
     assert_eq!(objects.config_maps.len(), 3);
     assert_eq!(objects.claims.len(), 1, "the shared data claim");
 
+    // Storage out of the box: storage-svc makes the default class, of the
+    // provisioner that puts volumes on the shared data claim.
+    let storage = objects
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("storage-svc"))
+        .expect("a storage-svc Deployment");
+    let env = storage.spec.template.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        env.iter()
+            .find(|e| e.name == "PETSET_STORAGE_DEFAULT_CLASS")
+            .and_then(|e| e.value.as_deref()),
+        Some("standard=petset.io/shared")
+    );
+
     // etcd: a StatefulSet of three with a volume each, behind a headless
     // service that publishes members before they are ready.
     let etcd = &objects.stateful_sets[0];

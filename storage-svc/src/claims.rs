@@ -348,6 +348,33 @@ impl Claims {
         Ok(out)
     }
 
+    /// Gives every Pending claim that names no class the default class, and
+    /// binds it if it now can be (Kubernetes' retroactive default class).
+    /// Run when a default class appears. Answers how many claims took it.
+    pub async fn adopt_default(&self) -> Result<usize> {
+        if self.classes.default_class().await?.is_none() {
+            return Ok(0);
+        }
+        let mut adopted = 0;
+        for current in self.list(None, &BTreeMap::new()).await? {
+            if current.value.phase != ClaimPhase::Pending || current.value.class.is_some() {
+                continue;
+            }
+            let name = current.value.meta.display_name();
+            let record = current.value.clone();
+            match self.bind_rounds(record, Some(current), None).await {
+                Ok((claim, _)) => {
+                    tracing::info!(claim = %name, class = claim.value.class_name(), phase = ?claim.value.phase, "claim took the default storage class");
+                    adopted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(claim = %name, error = %e, "cannot give a claim the default storage class")
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
     /// A new claim record from `input`, with the default class filled in
     /// when none is named (as Kubernetes' admission does).
     async fn new_claim(
@@ -400,6 +427,12 @@ impl Claims {
                     None => over = None,
                 }
             }
+            if record.class.is_none() {
+                // Retroactive default (Kubernetes >= 1.28): a claim made
+                // while there was no default class takes the one there is
+                // now, and keeps it.
+                record.class = self.classes.default_class().await?.map(|c| c.meta.name);
+            }
             let class = match record.class_name() {
                 "" => None,
                 name => match self.classes.get(name).await {
@@ -441,7 +474,10 @@ impl Claims {
                     }
                 }
                 Decision::Wait(reason) => {
-                    if over.as_ref().is_some_and(|o| o.value.message == reason) {
+                    if over
+                        .as_ref()
+                        .is_some_and(|o| o.value.message == reason && o.value.class == record.class)
+                    {
                         return Ok((over.expect("checked"), None));
                     }
                     record.message = reason;

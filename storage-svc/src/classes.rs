@@ -16,7 +16,9 @@ use petset_core::store::{Store, Versioned};
 use petset_core::validate;
 use petset_proto::v1;
 
-use crate::records::{BindingMode, ClassRecord, Keys, Provisioner, ReclaimPolicy};
+use crate::records::{
+    BindingMode, ClassRecord, DEFAULT_CLASS_ANNOTATION, Keys, Provisioner, ReclaimPolicy,
+};
 
 /// A checked class from the API.
 #[derive(Debug, Clone)]
@@ -231,6 +233,68 @@ impl Classes {
         }
         tracing::info!(class = name, "storage class deleted");
         Ok(())
+    }
+
+    /// Makes `name` the default class, provisioned by `provisioner`, unless
+    /// a class of that name or some default class exists already (an
+    /// operator's choice stands). Answers the class it created, if any.
+    ///
+    /// This is what kind, minikube and k3s ship: a stack where a claim
+    /// that names no class binds with no other step.
+    pub async fn ensure_default(
+        &self,
+        name: &str,
+        provisioner: Provisioner,
+    ) -> Result<Option<ClassRecord>> {
+        let classes = self.list().await?;
+        if let Some(existing) = classes
+            .iter()
+            .find(|c| c.value.is_default() || c.value.meta.name == name)
+        {
+            tracing::info!(
+                class = %existing.value.meta.name,
+                default = existing.value.is_default(),
+                "storage class present; the default class is left as it is"
+            );
+            return Ok(None);
+        }
+        let meta = MetaInput {
+            namespace: String::new(),
+            name: name.to_owned(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::from([(DEFAULT_CLASS_ANNOTATION.to_owned(), "true".to_owned())]),
+            resource_version: None,
+        };
+        let record = ClassRecord {
+            meta: meta.create(),
+            provisioner,
+            parameters: BTreeMap::new(),
+            reclaim_policy: ReclaimPolicy::Delete,
+            // A node-local volume exists only once its pod has a node.
+            binding_mode: match provisioner {
+                Provisioner::NodeLocal => BindingMode::WaitForFirstConsumer,
+                _ => BindingMode::Immediate,
+            },
+            allow_volume_expansion: false,
+        };
+        let key = Keys(&self.store).class(name);
+        // Created only if absent: a replica starting beside this one, or a
+        // class applied meanwhile, wins.
+        match self
+            .store
+            .put_over(&key, record, None::<&Versioned<ClassRecord>>)
+            .await?
+        {
+            Some(written) => {
+                tracing::info!(
+                    class = name,
+                    provisioner = provisioner.as_str(),
+                    "default storage class created"
+                );
+                Ok(Some(written.value))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The default class, if one is marked.

@@ -32,6 +32,17 @@ pub struct Config {
     /// Seconds between sweeps that finish reclaims a replica left undone.
     #[arg(long, env = "PETSET_STORAGE_RECLAIM_INTERVAL", default_value_t = 10)]
     pub reclaim_interval: u64,
+    /// The default storage class this service makes at start when there is
+    /// no default class yet: `NAME=PROVISIONER` (`petset.io/shared` binds at
+    /// once, `petset.io/node-local` waits for the pod's node), or `none`.
+    /// A class of that name, or any default class, already stored is left
+    /// as it is.
+    #[arg(
+        long,
+        env = "PETSET_STORAGE_DEFAULT_CLASS",
+        default_value = "standard=petset.io/shared"
+    )]
+    pub default_class: String,
     /// etcd settings.
     #[command(flatten)]
     pub etcd: EtcdArgs,

@@ -206,9 +206,14 @@ impl storage_server::Storage for StorageApi {
         request: Request<v1::ApplyStorageClassRequest>,
     ) -> Result<Response<v1::StorageClass>, Status> {
         let input = classes::parse(request.get_ref().storage_class.as_ref())?;
-        Ok(Response::new(class_to_api(
-            &self.classes.apply(input).await?,
-        )))
+        let class = self.classes.apply(input).await?;
+        if class.value.is_default() {
+            // Claims left Pending for want of a default take this one now.
+            if let Err(e) = self.claims.adopt_default().await {
+                tracing::warn!(error = %e, "cannot give Pending claims the new default class");
+            }
+        }
+        Ok(Response::new(class_to_api(&class)))
     }
 
     async fn get_storage_class(

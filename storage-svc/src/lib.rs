@@ -43,6 +43,7 @@ use crate::classes::Classes;
 use crate::grpc::StorageApi;
 use crate::provisioner::Roots;
 use crate::reclaim::Reclaimer;
+use crate::records::Provisioner;
 use crate::volumes::Volumes;
 
 /// The running service.
@@ -75,6 +76,7 @@ impl Server {
             config.data_root.clone(),
             config.host_path_prefix.clone(),
         ));
+        let default_class = parse_default_class(&config.default_class)?;
         let store = Store::connect(&config.etcd.store_config())
             .await
             .map_err(ServeError::Store)?;
@@ -94,6 +96,27 @@ impl Server {
             attacher: Attacher::new(store.clone(), roots.clone()),
             roots: roots.clone(),
         };
+        if let Some((name, provisioner)) = default_class {
+            let created = api
+                .classes
+                .ensure_default(&name, provisioner)
+                .await
+                .map_err(|e| ServeError::Config {
+                    setting: "default-class",
+                    reason: format!("cannot store the default class: {e}"),
+                })?;
+            if created.is_some() {
+                match api.claims.adopt_default().await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(claims = n, "Pending claims took the default class")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot give Pending claims the default class")
+                    }
+                }
+            }
+        }
         tracing::info!(
             grpc = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             data_root = %roots.data_root.display(),
@@ -116,6 +139,33 @@ impl Server {
         tracing::info!("storage-svc stopped");
         served
     }
+}
+
+/// `NAME=PROVISIONER` or `none`, from `--default-class`.
+fn parse_default_class(text: &str) -> Result<Option<(String, Provisioner)>, ServeError> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let error = |reason: String| ServeError::Config {
+        setting: "default-class",
+        reason,
+    };
+    let (name, provisioner) = text
+        .split_once('=')
+        .ok_or_else(|| error(format!("must be NAME=PROVISIONER or none, got {text:?}")))?;
+    petset_core::validate::dns1123_subdomain(name)
+        .map_err(|e| error(format!("class name {name:?}: {e}")))?;
+    let provisioner = Provisioner::ALL
+        .iter()
+        .find(|(n, _)| *n == provisioner)
+        .map(|(_, p)| *p)
+        .filter(|p| *p != Provisioner::NoProvisioner)
+        .ok_or_else(|| {
+            error(format!(
+                "provisioner must be petset.io/shared or petset.io/node-local, got {provisioner:?}"
+            ))
+        })?;
+    Ok(Some((name.to_owned(), provisioner)))
 }
 
 /// Finishes reclaims left undone, at start and then every `period`.

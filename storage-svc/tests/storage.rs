@@ -807,3 +807,158 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     assert_eq!(server.disk(), disk, "disk unchanged");
     server.stop().await;
 }
+
+async fn classes(
+    client: &mut v1::storage_client::StorageClient<tonic::transport::Channel>,
+) -> Vec<(String, String, bool)> {
+    client
+        .list_storage_classes(v1::ListStorageClassesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .storage_classes
+        .into_iter()
+        .map(|c| {
+            let meta = c.metadata.unwrap();
+            let default = meta
+                .annotations
+                .get("storageclass.kubernetes.io/is-default-class")
+                .is_some_and(|v| v == "true");
+            (meta.name, c.provisioner, default)
+        })
+        .collect()
+}
+
+fn class_of(binding: &v1::ClaimBinding) -> Option<String> {
+    binding
+        .claim
+        .as_ref()
+        .unwrap()
+        .spec
+        .as_ref()
+        .unwrap()
+        .storage_class_name
+        .clone()
+}
+
+#[tokio::test]
+async fn a_fresh_service_makes_a_default_class_and_a_claim_naming_none_binds_with_no_other_step() {
+    let store = petset_core::testing::shared().store_config("default-class-at-start");
+    let server = TestStorage::start_on(
+        store,
+        tempfile::tempdir().unwrap(),
+        "standard=petset.io/shared",
+    )
+    .await;
+    let mut client = server.client().await;
+    assert_eq!(
+        classes(&mut client).await,
+        vec![("standard".into(), "petset.io/shared".into(), true)]
+    );
+    // Most real manifests: a claim template with no storageClassName.
+    let bound = scale(&mut client, "db", 2, &data_template("1Mi", None), "").await;
+    for binding in &bound {
+        assert_eq!(claim_of(binding).2, "Bound");
+        assert_eq!(class_of(binding).as_deref(), Some("standard"));
+    }
+
+    // A restart asking for another default leaves the stored one as it is:
+    // the operator's (or the first start's) choice stands.
+    let (store, data) = server.stop_keeping_data().await;
+    let server = TestStorage::start_on(store, data, "fast=petset.io/node-local").await;
+    let mut client = server.client().await;
+    assert_eq!(
+        classes(&mut client).await,
+        vec![("standard".into(), "petset.io/shared".into(), true)]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn claims_pending_for_want_of_a_default_class_take_one_that_appears_later() {
+    let server = TestStorage::start("default-class-retroactive").await;
+    let mut client = server.client().await;
+    assert!(classes(&mut client).await.is_empty());
+    let pending = scale(&mut client, "db", 2, &data_template("1Mi", None), "").await;
+    for binding in &pending {
+        assert_eq!(claim_of(binding).2, "Pending");
+        assert_eq!(class_of(binding), None);
+    }
+    // Explicitly no class: Kubernetes never gives such a claim a default.
+    let none = scale(
+        &mut client,
+        "static",
+        1,
+        &data_template("1Mi", Some("")),
+        "",
+    )
+    .await;
+    assert_eq!(claim_of(&none[0]).2, "Pending");
+
+    apply_class(
+        &mut client,
+        "standard",
+        "petset.io/shared",
+        "",
+        "Delete",
+        true,
+    )
+    .await;
+    let claims = client
+        .list_claims(v1::ListClaimsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .claims;
+    let mut seen: Vec<(String, String, Option<String>)> = claims
+        .into_iter()
+        .map(|c| {
+            (
+                c.metadata.unwrap().name,
+                c.status.unwrap().phase,
+                c.spec.unwrap().storage_class_name,
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("data-db-0".into(), "Bound".into(), Some("standard".into())),
+            ("data-db-1".into(), "Bound".into(), Some("standard".into())),
+            (
+                "data-static-0".into(),
+                "Pending".into(),
+                Some(String::new())
+            ),
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_default_class_setting_stops_the_service_naming_it() {
+    let store = petset_core::testing::shared().store_config("default-class-setting");
+    for (setting, words) in [
+        ("standard", "NAME=PROVISIONER"),
+        ("Standard=petset.io/shared", "class name"),
+        (
+            "standard=kubernetes.io/no-provisioner",
+            "provisioner must be",
+        ),
+        ("standard=example.com/nfs", "provisioner must be"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = config(&store, data.path());
+        config.default_class = setting.into();
+        let error = storage_svc::Server::run(&config, listener, Default::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("default-class") && error.contains(words),
+            "{setting}: {error}"
+        );
+    }
+}

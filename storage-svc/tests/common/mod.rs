@@ -27,13 +27,24 @@ pub struct TestStorage {
 }
 
 impl TestStorage {
-    /// Starts storage-svc for test `name`, with a fresh key root and data root.
+    /// Starts storage-svc for test `name`, with a fresh key root and data
+    /// root and no default class (the tests that want one say so).
     pub async fn start(name: &str) -> TestStorage {
         let store = petset_core::testing::shared().store_config(name);
-        let data = tempfile::tempdir().unwrap();
+        Self::start_on(store, tempfile::tempdir().unwrap(), "none").await
+    }
+
+    /// Starts storage-svc on key root `store` and data root `data`, with
+    /// `--default-class default_class`.
+    pub async fn start_on(
+        store: StoreConfig,
+        data: tempfile::TempDir,
+        default_class: &str,
+    ) -> TestStorage {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = listener.local_addr().unwrap();
-        let config = config(&store, data.path());
+        let mut config = config(&store, data.path());
+        config.default_class = default_class.to_owned();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
@@ -71,11 +82,21 @@ impl TestStorage {
         server
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Stops the service and hands back its key root and data root, for a
+    /// restart on the same state.
+    pub async fn stop_keeping_data(mut self) -> (StoreConfig, tempfile::TempDir) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        (
+            self.store.clone(),
+            std::mem::replace(&mut self.data, tempfile::tempdir().unwrap()),
+        )
     }
 
     pub async fn client(&self) -> StorageClient<Channel> {
