@@ -199,12 +199,67 @@ impl Drop for Etcd {
     }
 }
 
-/// A loopback TCP port nobody listens on now (for a child process to bind).
+/// A loopback TCP port nobody listens on now, reserved for this test
+/// process (for a child process to bind). See [`free_ports`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a free port")
+    free_ports(1)
+}
+
+/// The first of `n` consecutive loopback TCP ports nobody listens on now,
+/// reserved for this test process until it exits (for programs that take
+/// a base port, such as etcd's client port and the peer port after it).
+///
+/// Two rules keep a port chosen here from being taken before the child
+/// binds it, which a port the kernel hands out for `127.0.0.1:0` does not:
+/// - ports come from below the kernel's ephemeral range
+///   (`net.ipv4.ip_local_port_range`), which it never gives to outgoing
+///   connections or to other processes' `bind(0)`;
+/// - each port is reserved with an exclusive lock on a file under
+///   `$TMPDIR/petset-test-ports`, held for the life of the process, so
+///   concurrent test processes never pick the same one.
+pub fn free_ports(n: u16) -> u16 {
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let n = n.max(1);
+    let dir = std::env::temp_dir().join("petset-test-ports");
+    std::fs::create_dir_all(&dir).expect("a folder for port reservations");
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20000u16, ephemeral_low.clamp(20000 + 1024, 32768));
+    let span = high - low - n;
+    // Start where another process is unlikely to: by pid and the clock.
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for step in 0..span as u64 {
+        let first = low + ((seed.wrapping_add(step * 7919)) % span as u64) as u16;
+        let mut locks = Vec::new();
+        let all = (first..first + n).all(|port| {
+            let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(port.to_string()))
+            else {
+                return false;
+            };
+            if file.try_lock().is_err() || TcpListener::bind(("127.0.0.1", port)).is_err() {
+                return false;
+            }
+            locks.push(file);
+            true
+        });
+        if all {
+            held.extend(locks);
+            return first;
+        }
+    }
+    panic!("no {n} free consecutive loopback ports in {low}..{high}");
 }
 
 fn healthy(port: u16) -> bool {
@@ -425,5 +480,37 @@ pub mod bench {
             p50.as_secs_f64() / b50.as_secs_f64(),
             baseline.name
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_ports_are_bindable_distinct_and_outside_the_ephemeral_range() {
+        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in [1u16, 2, 3, 1, 2, 3, 1, 1] {
+            let first = free_ports(n);
+            for port in first..first + n {
+                assert!(port < ephemeral_low, "{port} is in the ephemeral range");
+                assert!(seen.insert(port), "{port} was handed out twice");
+                // Free to bind now, and its lock is held by this process.
+                drop(TcpListener::bind(("127.0.0.1", port)).unwrap());
+                let lock = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(
+                        std::env::temp_dir()
+                            .join("petset-test-ports")
+                            .join(port.to_string()),
+                    )
+                    .unwrap();
+                assert!(lock.try_lock().is_err(), "{port} is not reserved");
+            }
+        }
     }
 }

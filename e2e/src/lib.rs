@@ -8,7 +8,6 @@
 //! - [`wait_until`]: polls a condition with a deadline; [`http`]: curl.
 //! - [`Petctl`]: petctl against one scheduler-svc, pods parsed from JSON.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,13 +37,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use petset_core::testing::{free_port, free_ports};
 
 /// Runs `program args`, and answers its standard output; panics with both
 /// outputs when it fails.
@@ -111,6 +104,32 @@ impl Petctl {
         let mut all = vec!["--server", &self.server];
         all.extend_from_slice(args);
         run(self.program.to_str().expect("a UTF-8 path"), &all)
+    }
+
+    /// `petctl apply -f -` of `manifest`; its standard output (panics when
+    /// it fails).
+    pub fn apply(&self, manifest: &str) -> String {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(&self.program)
+            .args(["--server", &self.server, "apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("petctl starts");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(manifest.as_bytes())
+            .expect("petctl reads its manifest");
+        let out = child.wait_with_output().expect("petctl runs");
+        assert!(
+            out.status.success(),
+            "petctl apply failed: {}\n{manifest}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs petctl with `-o json`; the parsed answer.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use petset_e2e::{Petctl, PodRow, binary, free_port, http, repo_root, run};
+use petset_e2e::{Petctl, PodRow, binary, free_port, free_ports, http, repo_root, run};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -116,15 +116,17 @@ fn processes(parts: &[&str]) -> Vec<String> {
     out
 }
 
-/// Stops `scripts/up` (as Ctrl-C does) if the test ends early, so that a
-/// failed run leaves nothing behind.
+/// Stops `scripts/up` if the test ends early, so that a failed run leaves
+/// nothing behind. SIGTERM, not Ctrl-C's SIGINT: a test run started in the
+/// background of a non-interactive shell (as CI may) inherits SIGINT
+/// ignored, and bash cannot trap a signal ignored at its start.
 struct Up(std::process::Child);
 
 impl Drop for Up {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = Command::new("kill")
-                .args(["-INT", &self.0.id().to_string()])
+                .args(["-TERM", &self.0.id().to_string()])
                 .status();
             let _ = self.0.wait();
         }
@@ -155,13 +157,15 @@ fn process_of(name: &str, ip: &str) -> Option<String> {
 #[test]
 fn the_seed_story_with_the_real_binaries() {
     let dir = tempfile::tempdir().unwrap();
+    // etcd's peer port is its client port + 1, and the three agents take
+    // three ports from the one given: each range is reserved whole.
     let (etcd, identity, dns, storage, scheduler, agents) = (
+        free_ports(2),
         free_port(),
         free_port(),
         free_port(),
         free_port(),
-        free_port(),
-        free_port(),
+        free_ports(3),
     );
     let mut up = Up(Command::new(repo_root().join("scripts/up"))
         .env("PETSET_STACK_DIR", dir.path())
@@ -382,15 +386,7 @@ fn the_seed_story_with_the_real_binaries() {
     );
     // A pod that runs but is not ready: 503 with the reason.
     let broken = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: broken}\nspec:\n  serviceName: broken\n  replicas: 1\n  selector: {matchLabels: {app: broken}}\n  template:\n    metadata: {labels: {app: broken}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n        livenessProbe: {exec: {command: [test, -e, /tmp/petset-e2e-never]}, periodSeconds: 1, failureThreshold: 2, initialDelaySeconds: 2}\n";
-    let mut apply = Command::new(binary("petctl"))
-        .args(["--server", &stack.server, "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), broken.as_bytes()).unwrap();
-    drop(apply.stdin.take());
-    assert!(apply.wait().unwrap().success());
+    stack.client().apply(broken);
     let (code, body) = wait_until("broken-0 to run, not ready", || {
         let (code, body) = http(&[&format!("{api}/pods/broken-0/proxy/")]);
         body.contains("not ready").then_some((code, body))
@@ -408,6 +404,35 @@ fn the_seed_story_with_the_real_binaries() {
     });
     let _ = proxy.kill();
     let _ = proxy.wait();
+
+    // The default StorageClass: a set whose claim template names no class
+    // (most real manifests) becomes Ready with no other step.
+    let classes = stack.petctl(&["get", "sc"]);
+    assert!(
+        classes
+            .lines()
+            .any(|l| l.starts_with("standard (default)") && l.contains("petset.io/shared")),
+        "{classes}"
+    );
+    stack.client().apply("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: cache}\nspec:\n  serviceName: cache\n  replicas: 1\n  selector: {matchLabels: {app: cache}}\n  template:\n    metadata: {labels: {app: cache}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        volumeMounts: [{name: data, mountPath: /data}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec:\n      accessModes: [ReadWriteOnce]\n      resources: {requests: {storage: 1Mi}}\n");
+    wait_until("cache-0 Ready on a claim of the default class", || {
+        let ready = find_pod(&stack.pods(), "cache-0")?.1;
+        ready.then_some(())
+    });
+    let claim = stack.json(&["get", "pvc", "data-cache-0"]);
+    assert_eq!(
+        (
+            &claim["spec"]["storageClassName"],
+            &claim["status"]["phase"]
+        ),
+        (&Value::from("standard"), &Value::from("Bound")),
+        "{claim}"
+    );
+    stack.petctl(&["delete", "sts", "cache"]);
+    wait_until("cache-0 to be gone", || {
+        (!stack.pods().iter().any(|p| p.0 == "cache-0")).then_some(())
+    });
+    stack.petctl(&["delete", "pvc", "data-cache-0"]);
 
     // Killing a pod's process: the agent starts it again.
     let ip0 = pod_ip(&three, "kubia-0").2.clone();
@@ -535,10 +560,10 @@ fn the_seed_story_with_the_real_binaries() {
         .collect();
     assert_eq!(phases, ["Bound", "Bound", "Bound"]);
 
-    // Stopping (what Ctrl-C does) leaves no process behind.
+    // Stopping (what Ctrl-C or SIGTERM does) leaves no process behind.
     scheduler_again.stop();
     let pids = std::fs::read_to_string(stack.dir.path().join("pids")).unwrap();
-    run("kill", &["-INT", &stack.up.0.id().to_string()]);
+    run("kill", &["-TERM", &stack.up.0.id().to_string()]);
     stack.up.0.wait().unwrap();
     for pid in pids.lines().filter(|p| !p.is_empty()) {
         let deadline = Instant::now() + Duration::from_secs(20);
