@@ -55,6 +55,10 @@ pub enum Error {
     /// (someone else holds the identity, the incarnation is stale, ...).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// This replica's leadership term ended: its write was refused, and it
+    /// must stop acting as the leader.
+    #[error("{0}")]
+    Deposed(String),
     /// A concurrent writer changed the object first; read it again and retry.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -120,6 +124,11 @@ impl Error {
     /// Whether the same call may succeed if simply made again later.
     pub fn retryable(&self) -> bool {
         matches!(self, Error::Conflict(_) | Error::Unavailable { .. })
+    }
+
+    /// Whether this is a deposed leader's refused write.
+    pub fn is_deposed(&self) -> bool {
+        matches!(self, Error::Deposed(_))
     }
 }
 
@@ -195,7 +204,9 @@ impl From<Error> for tonic::Status {
             }
             Error::NotFound { .. } => tonic::Status::new(Code::NotFound, message),
             Error::AlreadyExists { .. } => tonic::Status::new(Code::AlreadyExists, message),
-            Error::FailedPrecondition(_) => tonic::Status::new(Code::FailedPrecondition, message),
+            Error::FailedPrecondition(_) | Error::Deposed(_) => {
+                tonic::Status::new(Code::FailedPrecondition, message)
+            }
             Error::Conflict(_) => tonic::Status::new(Code::Aborted, message),
             Error::InsufficientCapacity(_) => tonic::Status::new(Code::ResourceExhausted, message),
             Error::Unavailable { .. } => {

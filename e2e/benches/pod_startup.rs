@@ -165,6 +165,8 @@ async fn main() {
         &etcd.endpoint(),
         "--etcd-prefix",
         &store.root,
+        "--default-class",
+        "none",
     ]);
     tokio::spawn({
         let s = shutdown.clone();

@@ -53,8 +53,10 @@ pub struct Config {
     #[arg(long, env = "PETSET_ADVERTISE_HTTP_ADDR")]
     pub advertise_http_addr: Option<String>,
     /// TTL of the leader's lease, in seconds: how long the others wait
-    /// before taking over from a leader that died.
-    #[arg(long, env = "PETSET_LEADER_TTL", default_value_t = 5)]
+    /// before taking over from a leader that died. 2 is etcd's least (its
+    /// minimum lease TTL is 1.5 election timeouts, rounded up); the lease is
+    /// renewed every third of it.
+    #[arg(long, env = "PETSET_LEADER_TTL", default_value_t = 2)]
     pub leader_ttl: i64,
     /// This replica's name in leader election (default: host and port).
     #[arg(long, env = "PETSET_SCHEDULER_ID")]

@@ -9,7 +9,8 @@
 //! 3. Write each set's status when it changed.
 //!
 //! Activations run when anything under the root changes (an etcd watch) and
-//! every second (for `minReadySeconds` and retries). Every action is
+//! every second (for `minReadySeconds` and retries); a set whose last
+//! activation was postponed waits out its [`Backoff`] first. Every action is
 //! idempotent against a re-read world: creating a pod that exists fails its
 //! create-if-absent compare, a deletion already asked for is not asked
 //! again.
@@ -23,7 +24,8 @@
 //! has stopped (it stops its pods when it cannot renew the lease).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::WatchOptions;
 use petset_core::error::{Error, Result, Violations};
@@ -46,7 +48,74 @@ use crate::records::{
     SetRecord, SetStatusRecord,
 };
 use crate::revisions;
-use crate::world::World;
+use crate::sets;
+use crate::world::{Name, World};
+
+/// The first wait after a set's activation was postponed.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between tries of a postponed set.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Per-set back-off after a postponed activation (Kubernetes' work queue
+/// rate limiter, per item): 250 ms, doubled on each further postponement
+/// with the same reason, at most 10 s; reset by a success or by a change to
+/// the set's own record.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    sets: BTreeMap<Name, Postponed>,
+}
+
+#[derive(Debug)]
+struct Postponed {
+    /// The set's record and the nodes' leases when it was postponed: a
+    /// change to either may unblock it, so it is tried at once.
+    set_revision: (i64, u64),
+    reason: String,
+    delay: Duration,
+    until: Instant,
+}
+
+impl Backoff {
+    /// Whether `set` (at `set_revision`: its record's and the nodes'
+    /// version) is still waiting at `now`.
+    pub fn waiting(&self, set: &Name, set_revision: (i64, u64), now: Instant) -> bool {
+        self.sets
+            .get(set)
+            .is_some_and(|p| p.set_revision == set_revision && now < p.until)
+    }
+
+    /// Records a postponement; answers the wait when the reason is new (to
+    /// be logged), `None` when it repeats.
+    pub fn postponed(
+        &mut self,
+        set: Name,
+        set_revision: (i64, u64),
+        reason: &str,
+        now: Instant,
+    ) -> Option<Duration> {
+        let (delay, new) = match self.sets.get(&set) {
+            Some(p) if p.reason == reason && p.set_revision == set_revision => {
+                ((p.delay * 2).min(BACKOFF_MAX), false)
+            }
+            _ => (BACKOFF_FIRST, true),
+        };
+        self.sets.insert(
+            set,
+            Postponed {
+                set_revision,
+                reason: reason.to_owned(),
+                delay,
+                until: now + delay,
+            },
+        );
+        new.then_some(delay)
+    }
+
+    /// Forgets `set`'s back-off after an activation that went through.
+    pub fn done(&mut self, set: &Name) {
+        self.sets.remove(set);
+    }
+}
 
 /// The label storage-svc puts on a claim made from a set's template.
 const CLAIM_SET_LABEL: &str = "petset.io/set";
@@ -55,6 +124,7 @@ const CLAIM_SET_LABEL: &str = "petset.io/set";
 #[derive(Debug, Clone)]
 pub struct Controller {
     store: Store,
+    backoff: Arc<Mutex<Backoff>>,
     identities: IdentitiesClient<Channel>,
     storage: StorageClient<Channel>,
 }
@@ -180,6 +250,7 @@ impl Controller {
     pub fn new(store: Store, identity: Channel, storage: Channel) -> Self {
         Controller {
             store,
+            backoff: Arc::default(),
             identities: IdentitiesClient::new(identity),
             storage: StorageClient::new(storage),
         }
@@ -202,8 +273,8 @@ impl Controller {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             match self.reconcile(&term).await {
-                Err(Error::FailedPrecondition(message)) if message.contains("no longer leads") => {
-                    tracing::warn!(%message, "deposed");
+                Err(e) if e.is_deposed() => {
+                    tracing::warn!(error = %e, "deposed");
                     return;
                 }
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
@@ -227,20 +298,55 @@ impl Controller {
     }
 
     /// One activation over every set. Answers how many actions were taken.
+    ///
+    /// A set whose last activation was postponed (an action that cannot be
+    /// done now, or a failure) waits out its back-off before it is tried
+    /// again, unless its own record changed: a claim that cannot bind is
+    /// retried after 250 ms, then twice as long each time up to 10 s, not
+    /// on every change anywhere in the store. The reason is logged when it
+    /// changes, not on every try.
     pub async fn reconcile(&self, term: &Term) -> Result<usize> {
         let world = World::read(&self.store).await?;
         let mut taken = 0;
+        let now = Instant::now();
+        let nodes_epoch = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            world.node_leases.hash(&mut h);
+            h.finish()
+        };
         for ((ns, name), set) in &world.sets {
-            match self.reconcile_set(term, &world, ns, name, set).await {
-                Ok(n) => taken += n,
-                Err(e @ Error::FailedPrecondition(_))
-                    if e.to_string().contains("no longer leads") =>
-                {
-                    return Err(e);
+            let key = (ns.clone(), name.clone());
+            let version = (set.mod_revision, nodes_epoch);
+            if self
+                .backoff
+                .lock()
+                .expect("not poisoned")
+                .waiting(&key, version, now)
+            {
+                continue;
+            }
+            let outcome = match sets::check_replicas(set.value.spec.replicas.unwrap_or(1)) {
+                // Stored before the bound existed: left alone, not planned.
+                Err(rule) => Err(Error::invalid("stateful_set.spec.replicas", rule)),
+                Ok(()) => self.reconcile_set(term, &world, ns, name, set).await,
+            };
+            let blocked = match outcome {
+                Ok((n, blocked)) => {
+                    taken += n;
+                    blocked
                 }
-                Err(e) => {
-                    tracing::warn!(set = %format!("{ns}/{name}"), error = %e, "set not reconciled")
+                Err(e) if e.is_deposed() => return Err(e),
+                Err(e) => Some(e.to_string()),
+            };
+            let mut backoff = self.backoff.lock().expect("not poisoned");
+            match blocked {
+                Some(reason) => {
+                    if let Some(delay) = backoff.postponed(key, version, &reason, now) {
+                        tracing::info!(set = %format!("{ns}/{name}"), %reason, retry_in = ?delay, "set postponed");
+                    }
                 }
+                None => backoff.done(&key),
             }
         }
         Ok(taken)
@@ -253,7 +359,7 @@ impl Controller {
         ns: &str,
         name: &str,
         set: &Versioned<SetRecord>,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<String>)> {
         let keys = Keys(&self.store);
         let key = (ns.to_string(), name.to_string());
         let template = set.value.spec.template.clone().unwrap_or_default();
@@ -382,23 +488,19 @@ impl Controller {
             };
             match outcome {
                 Ok(()) => taken += 1,
-                Err(e @ Error::FailedPrecondition(_))
-                    if e.to_string().contains("no longer leads") =>
-                {
-                    return Err(e);
-                }
+                Err(e) if e.is_deposed() => return Err(e),
                 Err(e) => {
-                    tracing::info!(set = %format!("{ns}/{name}"), ?action, error = %e, "action postponed");
+                    tracing::debug!(set = %format!("{ns}/{name}"), ?action, error = %e, "action postponed");
                     blocked = Some(e.to_string());
                     break;
                 }
             }
         }
         if !matches!(actions.last(), Some(Action::RemoveSet)) || blocked.is_some() {
-            self.write_status(term, world, ns, name, set, &view, &views, blocked)
+            self.write_status(term, world, ns, name, set, &view, &views, blocked.clone())
                 .await?;
         }
-        Ok(taken)
+        Ok((taken, blocked))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -869,5 +971,70 @@ impl Controller {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    fn set(name: &str) -> Name {
+        ("default".into(), name.into())
+    }
+
+    #[test]
+    fn a_repeated_postponement_doubles_its_wait_up_to_the_cap_and_is_logged_once() {
+        let mut b = Backoff::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            b.postponed(set("a"), (7, 0), "claim pending", t0),
+            Some(BACKOFF_FIRST)
+        );
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..8 {
+            assert!(b.waiting(&set("a"), (7, 0), now));
+            let until = b.sets[&set("a")].until;
+            now = until;
+            assert!(
+                !b.waiting(&set("a"), (7, 0), now),
+                "tried again once the wait is over"
+            );
+            assert_eq!(
+                b.postponed(set("a"), (7, 0), "claim pending", now),
+                None,
+                "logged once"
+            );
+            waits.push(b.sets[&set("a")].delay);
+        }
+        assert_eq!(
+            waits.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+            [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]
+        );
+        // Another set is not held back.
+        assert!(!b.waiting(&set("b"), (7, 0), now));
+    }
+
+    #[test]
+    fn a_new_reason_a_changed_set_or_a_success_starts_over() {
+        let mut b = Backoff::default();
+        let t0 = Instant::now();
+        b.postponed(set("a"), (7, 0), "claim pending", t0);
+        b.postponed(set("a"), (7, 0), "claim pending", t0);
+        assert_eq!(
+            b.postponed(set("a"), (7, 0), "node full", t0),
+            Some(BACKOFF_FIRST)
+        );
+        assert!(b.waiting(&set("a"), (7, 0), t0));
+        // The set's own record changed (a person edited it): tried at once.
+        assert!(!b.waiting(&set("a"), (8, 0), t0));
+        assert_eq!(
+            b.postponed(set("a"), (8, 0), "node full", t0),
+            Some(BACKOFF_FIRST)
+        );
+        // A node came or went: tried at once.
+        assert!(!b.waiting(&set("a"), (8, 1), t0));
+        b.done(&set("a"));
+        assert!(!b.waiting(&set("a"), (8, 0), t0));
     }
 }

@@ -65,7 +65,7 @@ impl Term {
         }
         let leader = store.get::<LeaderRecord>(&self.key).await?;
         if leader.as_ref().map(|l| l.create_revision) != Some(self.revision) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Deposed(format!(
                 "replica {} no longer leads (term {} ended; leader now: {}); its write was refused",
                 self.id,
                 self.revision,

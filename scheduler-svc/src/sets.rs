@@ -170,12 +170,7 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
     let mut spec = set.spec.clone().unwrap_or_default();
     let f = "stateful_set.spec";
     let replicas = *spec.replicas.get_or_insert(1);
-    if replicas < 0 {
-        v.add(
-            format!("{f}.replicas"),
-            format!("must be 0 or more, got {replicas}"),
-        );
-    }
+    v.check(format!("{f}.replicas"), check_replicas(replicas));
     // Selector and template labels.
     let selector = spec.selector.clone().unwrap_or_default();
     let match_labels: BTreeMap<_, _> = selector.match_labels.clone().into_iter().collect();
@@ -491,6 +486,27 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
     Ok(SetInput { meta, spec })
 }
 
+/// The most replicas one set may ask for.
+///
+/// Kubernetes sets no bound, but a stored set is read by every scheduler
+/// replica that will ever lead: a count the control plane cannot hold
+/// (`replicas: 2147483647` planned as a list of pods) would crash each of
+/// them in turn, for as long as the set is stored. 100,000 is far beyond
+/// any real StatefulSet (Kubernetes supports 150,000 pods per cluster) and
+/// well within what one leader holds in memory.
+pub const MAX_REPLICAS: i32 = 100_000;
+
+/// `replicas` is between 0 and [`MAX_REPLICAS`].
+pub fn check_replicas(replicas: i32) -> std::result::Result<(), String> {
+    if (0..=MAX_REPLICAS).contains(&replicas) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between 0 and {MAX_REPLICAS} (a bound that keeps one set from exhausting the control plane), got {replicas}"
+        ))
+    }
+}
+
 /// The spec with the fields that may change blanked, to compare the rest.
 fn immutable_part(spec: &v1::StatefulSetSpec) -> v1::StatefulSetSpec {
     let mut s = spec.clone();
@@ -607,12 +623,7 @@ impl Sets {
 
     /// Sets `spec.replicas`.
     pub async fn scale(&self, ns: &str, name: &str, replicas: i32) -> Result<Versioned<SetRecord>> {
-        if replicas < 0 {
-            return Err(Error::invalid(
-                "replicas",
-                format!("must be 0 or more, got {replicas}"),
-            ));
-        }
+        check_replicas(replicas).map_err(|rule| Error::invalid("replicas", rule))?;
         let (current, _) = self.get(ns, name).await?;
         let mut spec = current.value.spec.clone();
         spec.replicas = Some(replicas);

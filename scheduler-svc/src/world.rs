@@ -36,6 +36,9 @@ pub struct World {
     pub node_leases: BTreeMap<String, i64>,
     /// Identity holders: `(ns, set, ordinal)`.
     pub holders: BTreeMap<(String, String, u32), HolderRecord>,
+    /// Keys whose value does not decode (written by another version, or
+    /// damaged): left out, so that one bad record stops nothing else.
+    pub undecodable: Vec<String>,
 }
 
 impl World {
@@ -49,46 +52,57 @@ impl World {
         };
         for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
+            // A record that does not decode is reported and skipped.
+            macro_rules! decode {
+                ($t:ty) => {
+                    match decode::<$t>(kv) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(key = %key, error = %e, "stored record does not decode; skipped");
+                            world.undecodable.push(key.to_string());
+                            continue;
+                        }
+                    }
+                };
+            }
             let parts: Vec<&str> = key[root.len()..].split('/').collect();
             let name = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
             match parts.as_slice() {
                 ["statefulsets", _, _] => {
-                    world.sets.insert(name(1, 2), decode(kv)?);
+                    world.sets.insert(name(1, 2), decode!(SetRecord));
                 }
                 ["setstatus", _, _] => {
-                    world.statuses.insert(name(1, 2), decode(kv)?);
+                    world.statuses.insert(name(1, 2), decode!(SetStatusRecord));
                 }
                 ["revisions", _, _, _] => {
+                    let revision = decode!(RevisionRecord);
                     world
                         .revisions
                         .entry(name(1, 2))
                         .or_default()
-                        .push(decode(kv)?);
+                        .push(revision);
                 }
                 ["pods", _, _] => {
-                    world.pods.insert(name(1, 2), decode(kv)?);
+                    world.pods.insert(name(1, 2), decode!(PodRecord));
                 }
                 ["podstatus", _, _] => {
-                    world
-                        .pod_status
-                        .insert(name(1, 2), decode::<PodStatusRecord>(kv)?.value);
+                    let status = decode!(PodStatusRecord);
+                    world.pod_status.insert(name(1, 2), status.value);
                 }
                 ["nodes", node] => {
-                    world
-                        .nodes
-                        .insert(node.to_string(), decode::<NodeRecord>(kv)?.value);
+                    let record = decode!(NodeRecord);
+                    world.nodes.insert(node.to_string(), record.value);
                 }
                 ["nodeleases", node] => {
-                    world
-                        .node_leases
-                        .insert(node.to_string(), decode::<i64>(kv)?.value);
+                    let lease = decode!(i64);
+                    world.node_leases.insert(node.to_string(), lease.value);
                 }
                 ["identities", ns, set, ordinal, "holder"] => {
                     if let Ok(ordinal) = ordinal.parse() {
-                        world.holders.insert(
-                            (ns.to_string(), set.to_string(), ordinal),
-                            decode::<HolderRecord>(kv)?.value,
-                        );
+                        let holder = decode!(HolderRecord);
+                        world
+                            .holders
+                            .insert((ns.to_string(), set.to_string(), ordinal), holder.value);
                     }
                 }
                 _ => {}

@@ -74,6 +74,8 @@ async fn main() {
         &etcd.endpoint(),
         "--etcd-prefix",
         &store_config.root,
+        "--default-class",
+        "none",
     ]);
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -39,6 +39,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Whether the replica's process still runs.
+    pub fn running(&self) -> bool {
+        self.process.running()
+    }
+
     pub fn kill(&mut self) {
         self.process.kill();
     }
@@ -84,6 +89,8 @@ impl Cluster {
                 &store.endpoints.join(","),
                 "--etcd-prefix",
                 &store.root,
+                "--default-class",
+                "none",
             ])
         };
         tokio::spawn({
