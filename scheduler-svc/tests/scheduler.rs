@@ -739,6 +739,17 @@ async fn a_poison_set_is_refused_or_skipped_and_the_other_sets_keep_reconciling(
         cluster.schedulers[0].running(),
         "the leader is still running"
     );
+    // The API lists what decodes.
+    let listed: Vec<String> = sets
+        .list_stateful_sets(v1::ListStatefulSetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stateful_sets
+        .into_iter()
+        .map(|s| s.metadata.unwrap().name)
+        .collect();
+    assert_eq!(listed, ["huge", "kubia"]);
     let huge_pods = pods_of(&mut pods.clone(), "huge").await;
     assert!(huge_pods.is_empty(), "{:?}", huge_pods.keys());
     cluster.stop().await;

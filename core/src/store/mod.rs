@@ -152,7 +152,9 @@ impl Store {
     }
 
     /// Reads every key under `prefix` and decodes them, with the store
-    /// revision the read saw.
+    /// revision the read saw. A value that does not decode (written by
+    /// another version, or damaged) is logged and left out: one bad record
+    /// must not make every list fail.
     pub async fn list<T: DeserializeOwned>(
         &self,
         prefix: &str,
@@ -160,8 +162,17 @@ impl Store {
         let (kvs, revision) = self.list_raw(prefix).await?;
         let items = kvs
             .iter()
-            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                match decode(kv) {
+                    Ok(value) => Some((key, value)),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "stored record does not decode; left out");
+                        None
+                    }
+                }
+            })
+            .collect();
         Ok((items, revision))
     }
 
