@@ -159,8 +159,9 @@ fn the_seed_story_with_the_real_binaries() {
     let dir = tempfile::tempdir().unwrap();
     // etcd's peer port is its client port + 1, and the three agents take
     // three ports from the one given: each range is reserved whole.
-    let (etcd, identity, dns, storage, scheduler, agents) = (
+    let (etcd, identity, dns, storage, scheduler, scheduler_2, agents) = (
         free_ports(2),
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -175,6 +176,8 @@ fn the_seed_story_with_the_real_binaries() {
         .env("PETSET_STORAGE_PORT", storage.to_string())
         .env("PETSET_SCHEDULER_PORT", scheduler.to_string())
         .env("PETSET_API_PORT", free_port().to_string())
+        .env("PETSET_SCHEDULER_PORT_2", scheduler_2.to_string())
+        .env("PETSET_API_PORT_2", free_port().to_string())
         .env("PETSET_AGENT_PORT", agents.to_string())
         .env("PETSET_NODE_LEASE_TTL", "3")
         // Pod addresses of their own, so a stack a person runs beside the
@@ -476,10 +479,6 @@ fn the_seed_story_with_the_real_binaries() {
         "{nodes}"
     );
 
-    // Fencing: with scheduler-svc gone, no agent can renew its node's lease,
-    // and each kills its pods itself before the lease can expire (so that
-    // the identities are never run twice once another scheduler places them
-    // again).
     let incarnations = |stack: &Stack| -> std::collections::BTreeMap<String, u64> {
         stack.json(&["get", "pods"])["items"]
             .as_array()
@@ -496,10 +495,122 @@ fn the_seed_story_with_the_real_binaries() {
             })
             .collect()
     };
+    // Each pod's process, by pod name.
+    let pod_processes = |stack: &Stack| -> Vec<(String, Option<String>)> {
+        stack
+            .pods()
+            .iter()
+            .map(|p| (p.0.clone(), process_of(&p.0, &p.2)))
+            .collect()
+    };
+
+    // SIGKILL of a scheduler replica, the follower and then the leader,
+    // while the other runs: no pod restarts. The agents renew their leases
+    // through the replica that answers; the other replica takes over the
+    // lead within its lease TTL (2 s). Each kill is watched for three node
+    // lease TTLs, long enough for any node whose renewals failed to have
+    // fenced its pods.
+    let servers = [
+        format!("127.0.0.1:{scheduler}"),
+        format!("127.0.0.1:{scheduler_2}"),
+    ];
+    let scheduler_args = |i: usize, http: u16| -> Vec<String> {
+        vec![
+            "--id".into(),
+            format!("scheduler-{}", i + 1),
+            "--etcd-endpoints".into(),
+            format!("http://127.0.0.1:{etcd}"),
+            "--grpc-addr".into(),
+            servers[i].clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http}"),
+            "--identity-addr".into(),
+            format!("http://127.0.0.1:{identity}"),
+            "--storage-addr".into(),
+            format!("http://127.0.0.1:{storage}"),
+        ]
+    };
+    // Which replica leads, from each one's `petset_scheduler_leader` gauge.
+    let leader = || -> Option<usize> {
+        let leads = |i: usize| {
+            let (_, metrics) = http(&[&format!("http://{}/metrics", servers[i])]);
+            metrics.lines().any(|l| l == "petset_scheduler_leader 1")
+        };
+        match (leads(0), leads(1)) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    };
+    let mut restarted: Vec<petset_core::testing::Tied> = Vec::new();
+    let node_ttl = Duration::from_secs(3);
+    for role in ["follower", "leader"] {
+        let leading = wait_until("one scheduler replica to lead", leader);
+        let victim = if role == "leader" {
+            leading
+        } else {
+            1 - leading
+        };
+        let survivor = 1 - victim;
+        let ready_nodes = |stack: &Stack| {
+            stack
+                .petctl(&["get", "nodes"])
+                .lines()
+                .filter(|l| l.contains(" Ready "))
+                .count()
+        };
+        let nodes_before = ready_nodes(&stack);
+        let before = (incarnations(&stack), pod_processes(&stack));
+        assert!(before.1.iter().all(|(_, pid)| pid.is_some()), "{before:?}");
+        // The first replica started by scripts/up, or its restart.
+        let pid = processes(&["scheduler-svc", &format!("--grpc-addr {}", servers[victim])]);
+        assert_eq!(pid.len(), 1, "{pid:?}");
+        let pid = pid[0].clone();
+        run("kill", &["-KILL", &pid]);
+        let killed = Instant::now();
+        stack.server = servers[survivor].clone();
+        wait_until(
+            &format!("three node lease TTLs after the {role} (pid {pid}) was killed"),
+            || {
+                (killed.elapsed() >= node_ttl * 3
+                    && ready_nodes(&stack) == nodes_before
+                    && leader() == Some(survivor))
+                .then_some(())
+            },
+        );
+        let after = (incarnations(&stack), pod_processes(&stack));
+        assert_eq!(before, after, "killing the {role} restarted no pod");
+        // The killed replica comes back (as a restart or an upgrade would).
+        let http_port = free_port();
+        restarted.push(petset_core::testing::Tied::spawn(
+            &binary("scheduler-svc"),
+            &scheduler_args(victim, http_port),
+            &stack
+                .dir
+                .path()
+                .join(format!("scheduler-{}-again.log", victim + 1)),
+        ));
+        let back = servers[victim].clone();
+        wait_until("the restarted replica to answer", || {
+            Command::new(binary("petctl"))
+                .args(["--server", &back, "get", "nodes"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        });
+    }
+
+    // Fencing: with every scheduler replica gone, no agent can renew its
+    // node's lease, and each kills its pods itself before the lease can
+    // expire (so that the identities are never run twice once another
+    // scheduler places them again).
     let before = incarnations(&stack);
-    let scheduler_pids = processes(&["scheduler-svc", &format!("--grpc-addr {}", stack.server)]);
-    assert_eq!(scheduler_pids.len(), 1, "{scheduler_pids:?}");
-    run("kill", &["-KILL", &scheduler_pids[0]]);
+    let remaining = processes(&["scheduler-svc", "--etcd-endpoints"]);
+    assert_eq!(remaining.len(), 2, "{remaining:?}");
+    for pid in &remaining {
+        run("kill", &["-KILL", pid]);
+    }
     wait_until("every pod to be stopped by its own agent", || {
         processes(&[binary("kubia-pet").to_str().unwrap()])
             .iter()
@@ -511,21 +622,11 @@ fn the_seed_story_with_the_real_binaries() {
     });
     // A scheduler comes back: the agents register again and the pods run
     // again, each as a new incarnation.
-    let http_port = free_port();
+    drop(restarted);
+    stack.server = servers[0].clone();
     let mut scheduler_again = petset_core::testing::Tied::spawn(
         &binary("scheduler-svc"),
-        &[
-            "--etcd-endpoints".into(),
-            format!("http://127.0.0.1:{etcd}"),
-            "--grpc-addr".into(),
-            stack.server.clone(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{http_port}"),
-            "--identity-addr".into(),
-            format!("http://127.0.0.1:{identity}"),
-            "--storage-addr".into(),
-            format!("http://127.0.0.1:{storage}"),
-        ],
+        &scheduler_args(0, free_port()),
         &stack.dir.path().join("scheduler-svc-again.log"),
     );
     wait_until("the new scheduler-svc to answer", || {

@@ -35,13 +35,16 @@ pub struct Config {
     /// The node's name (a DNS-1123 subdomain).
     #[arg(long, env = "PETSET_NODE_NAME")]
     pub name: String,
-    /// scheduler-svc's gRPC address.
+    /// scheduler-svc's gRPC addresses: every replica, comma-separated (or
+    /// the flag repeated), or one name that reaches them all. The node's
+    /// calls go to whichever answers, so one replica down stops no pod.
     #[arg(
         long,
         env = "PETSET_SCHEDULER_ADDR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
     )]
-    pub scheduler_addr: String,
+    pub scheduler_addr: Vec<String>,
     /// identity-svc's gRPC address.
     #[arg(
         long,

@@ -24,6 +24,7 @@ pub mod docker;
 pub mod pods;
 pub mod probes;
 pub mod runtime;
+pub mod schedulers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -39,7 +40,6 @@ use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::leases_client::LeasesClient;
 use petset_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
-use petset_proto::v1::nodes_client::NodesClient;
 use petset_proto::v1::storage_client::StorageClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -101,7 +101,7 @@ impl Agent {
             data_dir: config.data_dir.clone(),
             backoff: Duration::from_secs(config.restart_backoff.max(1)),
             runtime,
-            nodes: NodesClient::new(lazy_channel("scheduler-addr", &config.scheduler_addr)?),
+            nodes: schedulers::Schedulers::new(&config.scheduler_addr)?,
             identities: IdentitiesClient::new(identity.clone()),
             storage: StorageClient::new(lazy_channel("storage-addr", &config.storage_addr)?),
         });
@@ -226,7 +226,15 @@ impl NodeLoop {
                 ttl_seconds: self.config.lease_ttl,
                 agent_endpoint: self.agent_endpoint.clone(),
             };
-            match self.ctx.nodes.clone().register_node(request.clone()).await {
+            let registered = self
+                .ctx
+                .nodes
+                .call(Duration::from_secs(5), |mut nodes| {
+                    let request = request.clone();
+                    async move { nodes.register_node(request).await }
+                })
+                .await;
+            match registered {
                 Ok(r) => {
                     let r = r.into_inner();
                     tracing::info!(node = %self.config.name, lease = r.lease_id, ttl = r.ttl_seconds, "node registered");
@@ -245,7 +253,7 @@ impl NodeLoop {
         while let Some((lease, ttl)) = self.register(&shutdown).await {
             let lost = CancellationToken::new();
             let keep = tokio::spawn(keep_alive(
-                self.ctx.nodes.clone(),
+                self.ctx.clone(),
                 self.config.name.clone(),
                 lease,
                 ttl,
@@ -258,9 +266,11 @@ impl NodeLoop {
                     let request = v1::WatchNodePodsRequest {
                         node_name: self.config.name.clone(),
                     };
-                    match self.ctx.nodes.clone().watch_node_pods(request).await {
+                    match self.ctx.nodes.preferred().watch_node_pods(request).await {
                         Ok(s) => stream = Some(s.into_inner()),
                         Err(status) => {
+                            // The next try goes to another replica.
+                            self.ctx.nodes.rotate();
                             tracing::warn!(%status, "cannot watch this node's pods; retrying")
                         }
                     }
@@ -279,6 +289,8 @@ impl NodeLoop {
                     _ = lost.cancelled() => break,
                     event = next => match event {
                         Some(Ok(event)) => self.reconcile(event.pods),
+                        // The replica went away: watch again (elsewhere
+                        // if it does not answer); the pods run on.
                         _ => stream = None,
                     },
                 }
@@ -389,10 +401,15 @@ impl NodeLoop {
     }
 }
 
-/// Renews the node's lease every third of its TTL; cancels `lost` when it
-/// is gone or has not been renewed for two thirds of the TTL.
+/// Renews the node's lease every third of its TTL, through whichever
+/// scheduler replica answers; cancels `lost` when it is gone or has not
+/// been renewed for two thirds of the TTL.
+///
+/// A renewal counts from when it was sent, not when its answer came: etcd
+/// restarts the lease's TTL at some moment between the two, so the lease
+/// lives at least TTL past the send.
 async fn keep_alive(
-    mut nodes: NodesClient<Channel>,
+    ctx: Arc<Context>,
     name: String,
     lease: i64,
     ttl: i64,
@@ -410,15 +427,27 @@ async fn keep_alive(
             name: name.clone(),
             lease_id: lease,
         };
-        match tokio::time::timeout(ttl / 3, nodes.keep_alive_node(request)).await {
-            Ok(Ok(_)) => last_ok = Instant::now(),
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+        let sent = Instant::now();
+        // Each replica gets a share of the third of the TTL a renewal may
+        // take, so that all of them are tried before the lease is at risk.
+        let attempt = (ttl / 3 / ctx.nodes.len() as u32).max(Duration::from_millis(200));
+        let renewed = ctx
+            .nodes
+            .call(attempt, |mut nodes| {
+                let request = request.clone();
+                async move { nodes.keep_alive_node(request).await }
+            })
+            .await;
+        match renewed {
+            Ok(_) => last_ok = sent,
+            Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::error!(%status, "node lease expired");
                 lost.cancel();
                 return;
             }
-            Ok(Err(status)) => tracing::warn!(%status, "lease renewal failed"),
-            Err(_) => tracing::warn!("lease renewal timed out"),
+            Err(status) => {
+                tracing::warn!(%status, "lease renewal failed on every scheduler replica")
+            }
         }
         if last_ok.elapsed() >= ttl * 2 / 3 {
             tracing::error!(since = ?last_ok.elapsed(), "lease not renewed for two thirds of its TTL");

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
-use petset_proto::v1::nodes_client::NodesClient;
 use petset_proto::v1::storage_client::StorageClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -35,6 +34,8 @@ use crate::runtime::{self, Launch, Running, Runtime};
 
 /// Longest restart back-off, as the kubelet's.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long one scheduler replica has to take a status report.
+const REPORT_DEADLINE: Duration = Duration::from_secs(5);
 /// Running this long resets the back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -60,8 +61,8 @@ pub struct Context {
     pub backoff: Duration,
     /// Where containers run.
     pub runtime: runtime::Runtime,
-    /// scheduler-svc.
-    pub nodes: NodesClient<Channel>,
+    /// scheduler-svc's replicas.
+    pub nodes: crate::schedulers::Schedulers,
     /// identity-svc.
     pub identities: IdentitiesClient<Channel>,
     /// storage-svc.
@@ -548,7 +549,15 @@ impl Reporter {
             incarnation: self.pod.incarnation,
             status: Some(status),
         };
-        if let Err(status) = self.ctx.nodes.clone().report_pod_status(request).await {
+        let reported = self
+            .ctx
+            .nodes
+            .call(REPORT_DEADLINE, |mut nodes| {
+                let request = request.clone();
+                async move { nodes.report_pod_status(request).await }
+            })
+            .await;
+        if let Err(status) = reported {
             tracing::warn!(pod = %meta.name, %status, "status report refused");
         }
         let spec = self.pod.spec.clone().unwrap_or_default();
