@@ -133,6 +133,57 @@ impl Drop for Up {
     }
 }
 
+/// Resumes a stopped process when dropped (also when the test fails, so
+/// that scripts/up can stop it).
+struct Resume(String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// Counts, until stopped, the kubia-pet processes that carry one pod's
+/// name, every few milliseconds: (samples, the most seen at once).
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, usize)>,
+}
+
+impl Sampler {
+    fn start(pod: &str) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, pod) = (stop.clone(), format!("POD_NAME={pod}"));
+        let program = binary("kubia-pet").to_str().unwrap().to_string();
+        let thread = std::thread::spawn(move || {
+            let (mut samples, mut most) = (0u64, 0usize);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // The program itself (its shim and wrappers name it among
+                // their arguments).
+                let copies = processes(&[&program])
+                    .iter()
+                    .filter(|pid| {
+                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                        cmd.split(|b| *b == 0).next() == Some(program.as_bytes())
+                            && String::from_utf8_lossy(&env).split('\0').any(|v| v == pod)
+                    })
+                    .count();
+                samples += 1;
+                most = most.max(copies);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (samples, most)
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> (u64, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// The pid of a pod's kubia-pet process (by its POD_NAME and POD_IP).
 fn process_of(name: &str, ip: &str) -> Option<String> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -478,6 +529,50 @@ fn the_seed_story_with_the_real_binaries() {
             .any(|l| l.starts_with(&node1) && l.contains("NotReady")),
         "{nodes}"
     );
+
+    // A hung agent (SIGSTOP, as a kubelet stuck in the kernel or frozen
+    // by its host): it renews nothing and kills nothing, but each pod's
+    // petset-shim kills its container at the node's lease deadline (two
+    // thirds of the TTL after the last confirmed renewal), before the lease
+    // can expire and the pod be placed elsewhere. A sampler reads the
+    // process table every few milliseconds all along: never two copies.
+    let now = stack.pods();
+    let hung = pod_ip(&now, "kubia-0").clone();
+    let old = process_of("kubia-0", &hung.2).expect("kubia-0 runs");
+    let agent = std::fs::read_to_string(stack.dir.path().join(format!("{}.pid", hung.3))).unwrap();
+    let sampler = Sampler::start("kubia-0");
+    let resume = Resume(agent.trim().to_string());
+    run("kill", &["-STOP", &resume.0]);
+    let stopped = Instant::now();
+    let moved = wait_until("kubia-0 Ready on another node", || {
+        let pods = stack.pods();
+        let p = find_pod(&pods, "kubia-0")?.clone();
+        (p.1 && p.3 != hung.3).then_some(p)
+    });
+    eprintln!(
+        "kubia-0 Ready on {} {:?} after its agent on {} was stopped (node lease TTL 3 s)",
+        moved.3,
+        stopped.elapsed(),
+        hung.3
+    );
+    assert!(!alive(&old), "the old copy of kubia-0 still runs");
+    let answer = curl(&[&format!("http://{}:8080/", moved.2)]).unwrap();
+    assert!(answer.starts_with("You've hit kubia-0"), "{answer}");
+    let (samples, most) = sampler.stop();
+    assert!(samples > 100, "the sampler looked {samples} times");
+    assert_eq!(
+        most, 1,
+        "copies of kubia-0 at one instant, over {samples} samples"
+    );
+    // Resumed, the agent finds its lease gone and registers again.
+    drop(resume);
+    wait_until("the resumed node to be Ready again", || {
+        let nodes = stack.petctl(&["get", "nodes"]);
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&format!("{} ", hung.3)) && l.contains(" Ready "))
+            .then_some(())
+    });
 
     let incarnations = |stack: &Stack| -> std::collections::BTreeMap<String, u64> {
         stack.json(&["get", "pods"])["items"]

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod docker;
+pub mod fence;
 pub mod pods;
 pub mod probes;
 pub mod runtime;
@@ -93,7 +94,10 @@ impl Agent {
                 reason: e.to_string(),
             });
         }
-        let (runtime, node_address) = make_runtime(config).await?;
+        // The node's deadline: moved after each confirmed lease renewal,
+        // read by every container's shim (see `fence`).
+        let (deadline, deadlines) = watch::channel(0u64);
+        let (runtime, node_address) = make_runtime(config, deadlines).await?;
         let identity = lazy_channel("identity-addr", &config.identity_addr)?;
         let ctx = Arc::new(Context {
             node: config.name.clone(),
@@ -130,6 +134,7 @@ impl Agent {
             config: config.clone(),
             agent_endpoint,
             node_address,
+            deadline: Arc::new(deadline),
         };
         node.run(shutdown.clone(), LeasesClient::new(identity))
             .await;
@@ -145,7 +150,10 @@ impl Agent {
 
 /// The runtime the settings ask for, and the node's address (from the
 /// settings, else the agent container's with the Docker runtime).
-async fn make_runtime(config: &Config) -> Result<(runtime::Runtime, Option<String>), ServeError> {
+async fn make_runtime(
+    config: &Config,
+    deadlines: watch::Receiver<u64>,
+) -> Result<(runtime::Runtime, Option<String>), ServeError> {
     let mut node_address = config.node_address.clone();
     let runtime = match config.runtime {
         RuntimeKind::Process => {
@@ -165,7 +173,23 @@ async fn make_runtime(config: &Config) -> Result<(runtime::Runtime, Option<Strin
                     "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
                 );
             }
-            runtime::Runtime::Process { namespaces }
+            let fence = match fence::shim_program() {
+                Some(shim) => {
+                    tracing::info!(shim = %shim.display(), "each container runs under petset-shim, which kills it at the node's lease deadline");
+                    Some(runtime::Fence {
+                        shim,
+                        deadline: deadlines,
+                    })
+                }
+                None => {
+                    tracing::warn!(
+                        "no petset-shim beside the agent or on PATH: containers are fenced by the agent alone, \
+                         so a hung agent would keep them running past its lease"
+                    );
+                    None
+                }
+            };
+            runtime::Runtime::Process { namespaces, fence }
         }
         RuntimeKind::Docker => {
             let settings = docker::DockerSettings {
@@ -208,6 +232,15 @@ struct NodeLoop {
     config: Config,
     agent_endpoint: String,
     node_address: String,
+    /// The node's fence deadline (see [`fence`]).
+    deadline: Arc<watch::Sender<u64>>,
+}
+
+/// The deadline a lease renewal sent at `sent` (`CLOCK_BOOTTIME` ns) buys:
+/// two thirds of the TTL, the same point at which the agent itself gives
+/// up; the last third is the margin for clock rates and the kill itself.
+fn deadline_after(sent: u64, ttl: Duration) -> u64 {
+    sent + (ttl * 2 / 3).as_nanos() as u64
 }
 
 impl NodeLoop {
@@ -226,6 +259,7 @@ impl NodeLoop {
                 ttl_seconds: self.config.lease_ttl,
                 agent_endpoint: self.agent_endpoint.clone(),
             };
+            let sent = fence::boottime_ns();
             let registered = self
                 .ctx
                 .nodes
@@ -238,6 +272,8 @@ impl NodeLoop {
                 Ok(r) => {
                     let r = r.into_inner();
                     tracing::info!(node = %self.config.name, lease = r.lease_id, ttl = r.ttl_seconds, "node registered");
+                    let ttl = Duration::from_secs(r.ttl_seconds.max(2) as u64);
+                    self.deadline.send_replace(deadline_after(sent, ttl));
                     return Some((r.lease_id, r.ttl_seconds));
                 }
                 Err(status) => tracing::warn!(%status, "cannot register the node; retrying"),
@@ -254,6 +290,7 @@ impl NodeLoop {
             let lost = CancellationToken::new();
             let keep = tokio::spawn(keep_alive(
                 self.ctx.clone(),
+                self.deadline.clone(),
                 self.config.name.clone(),
                 lease,
                 ttl,
@@ -410,6 +447,7 @@ impl NodeLoop {
 /// lives at least TTL past the send.
 async fn keep_alive(
     ctx: Arc<Context>,
+    deadline: Arc<watch::Sender<u64>>,
     name: String,
     lease: i64,
     ttl: i64,
@@ -428,6 +466,7 @@ async fn keep_alive(
             lease_id: lease,
         };
         let sent = Instant::now();
+        let sent_boottime = fence::boottime_ns();
         // Each replica gets a share of the third of the TTL a renewal may
         // take, so that all of them are tried before the lease is at risk.
         let attempt = (ttl / 3 / ctx.nodes.len() as u32).max(Duration::from_millis(200));
@@ -439,7 +478,10 @@ async fn keep_alive(
             })
             .await;
         match renewed {
-            Ok(_) => last_ok = sent,
+            Ok(_) => {
+                last_ok = sent;
+                deadline.send_replace(deadline_after(sent_boottime, ttl));
+            }
             Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::error!(%status, "node lease expired");
                 lost.cancel();

@@ -285,7 +285,7 @@ fn launch_for(
                 image = local;
             }
         }
-        Runtime::Process { namespaces } => {
+        Runtime::Process { namespaces, .. } => {
             argv = container.command.clone();
             if argv.is_empty() {
                 let program = ctx.mapped_image(&container.image).ok_or_else(|| {
@@ -347,7 +347,13 @@ fn launch_for(
             .then(|| PathBuf::from(&container.working_dir)),
         hostname,
         mounts,
-        namespaces: matches!(ctx.runtime, Runtime::Process { namespaces: true }),
+        namespaces: matches!(
+            ctx.runtime,
+            Runtime::Process {
+                namespaces: true,
+                ..
+            }
+        ),
     })
 }
 

@@ -29,9 +29,23 @@ pub enum Runtime {
     Process {
         /// Own namespaces per container (root).
         namespaces: bool,
+        /// The deadline each container runs under (see [`crate::fence`]);
+        /// `None` when no `petset-shim` was found.
+        fence: Option<Fence>,
     },
     /// Docker containers on a Docker network.
     Docker(Box<DockerRuntime>),
+}
+
+/// What a container's shim needs: the program, and the node's deadline as
+/// the agent moves it.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// `petset-shim`.
+    pub shim: PathBuf,
+    /// The deadline (`CLOCK_BOOTTIME` ns), moved after each confirmed
+    /// renewal of the node's lease.
+    pub deadline: tokio::sync::watch::Receiver<u64>,
 }
 
 /// A running container.
@@ -150,11 +164,19 @@ impl Launch {
         restarts: i32,
     ) -> Result<Running, String> {
         match runtime {
-            Runtime::Process { .. } => self
-                .command(log)
-                .and_then(|mut c| c.spawn())
-                .map(Running::Process)
-                .map_err(|e| format!("cannot start {:?}: {e}", self.argv.first())),
+            Runtime::Process { fence, .. } => {
+                let shim = fence
+                    .as_ref()
+                    .map(|f| (f.shim.as_path(), *f.deadline.borrow()));
+                let mut child = self
+                    .command(log, shim)
+                    .and_then(|mut c| c.spawn())
+                    .map_err(|e| format!("cannot start {:?}: {e}", self.argv.first()))?;
+                if let (Some(fence), Some(stdin)) = (fence, child.stdin.take()) {
+                    tokio::spawn(forward_deadlines(stdin, fence.deadline.clone()));
+                }
+                Ok(Running::Process(child))
+            }
             Runtime::Docker(docker) => {
                 let spec = docker::ContainerSpec {
                     name: format!("{}_{restarts}", self.engine_name),
@@ -174,12 +196,21 @@ impl Launch {
         }
     }
 
-    /// The command that runs the container as a process.
-    pub fn command(&self, log: &Path) -> std::io::Result<Command> {
+    /// The command that runs the container as a process: under
+    /// `petset-shim` with its first deadline when `shim` is given.
+    pub fn command(&self, log: &Path, shim: Option<(&Path, u64)>) -> std::io::Result<Command> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
+        let new = |program: &str| match shim {
+            Some((shim, deadline)) => {
+                let mut c = Command::new(shim);
+                c.arg(deadline.to_string()).arg("--").arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         let mut command = if self.namespaces {
-            let mut c = Command::new("setpriv");
+            let mut c = new("setpriv");
             c.args([
                 "--pdeathsig",
                 "KILL",
@@ -208,13 +239,18 @@ impl Launch {
             }
             c
         } else {
-            let mut c = Command::new("setpriv");
+            let mut c = new("setpriv");
             c.args(["--pdeathsig", "KILL", "--"]).args(&self.argv);
             c
         };
         command
             .envs(&self.env)
-            .stdin(Stdio::null())
+            // The shim reads its deadlines there; the container gets none.
+            .stdin(if shim.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(out)
             .stderr(err)
             .process_group(0)
@@ -223,6 +259,22 @@ impl Launch {
             command.current_dir(dir);
         }
         Ok(command)
+    }
+}
+
+/// Writes each new deadline to a container's shim until either side is
+/// gone. When the agent drops its end (it stops), the shim's input closes
+/// and it kills the container.
+async fn forward_deadlines(
+    mut stdin: tokio::process::ChildStdin,
+    mut deadline: tokio::sync::watch::Receiver<u64>,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    while deadline.changed().await.is_ok() {
+        let line = crate::fence::line(*deadline.borrow_and_update());
+        if stdin.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
     }
 }
 

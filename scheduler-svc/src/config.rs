@@ -58,6 +58,12 @@ pub struct Config {
     /// renewed every third of it.
     #[arg(long, env = "PETSET_LEADER_TTL", default_value_t = 2)]
     pub leader_ttl: i64,
+    /// Milliseconds to wait, after a pod's identity was seen freed by its
+    /// node's lease expiry, before replacing the pod: covers clocks that
+    /// run at other rates than etcd's (the node's shims kill at two thirds
+    /// of the lease; see ARCHITECTURE, "The fence").
+    #[arg(long, env = "PETSET_FENCE_MARGIN_MS", default_value_t = 500)]
+    pub fence_margin_ms: u64,
     /// This replica's name in leader election (default: host and port).
     #[arg(long, env = "PETSET_SCHEDULER_ID")]
     pub id: Option<String>,

@@ -51,6 +51,10 @@ use crate::revisions;
 use crate::sets;
 use crate::world::{Name, World};
 
+/// `(namespace, pod, incarnation)` of a pod whose identity a lease expiry
+/// freed.
+type FreedPod = (String, String, u64);
+
 /// The first wait after a set's activation was postponed.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 /// The longest wait between tries of a postponed set.
@@ -111,6 +115,11 @@ impl Backoff {
         new.then_some(delay)
     }
 
+    /// When the earliest back-off ends.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.sets.values().map(|p| p.until).min()
+    }
+
     /// Forgets `set`'s back-off after an activation that went through.
     pub fn done(&mut self, set: &Name) {
         self.sets.remove(set);
@@ -125,6 +134,11 @@ const CLAIM_SET_LABEL: &str = "petset.io/set";
 pub struct Controller {
     store: Store,
     backoff: Arc<Mutex<Backoff>>,
+    /// How long after a pod's identity was seen freed by a lease expiry
+    /// before the pod is replaced (see ARCHITECTURE, "The fence").
+    fence_margin: Duration,
+    /// When each `(ns, pod, incarnation)` was first seen so freed.
+    unheld: Arc<Mutex<BTreeMap<FreedPod, Instant>>>,
     identities: IdentitiesClient<Channel>,
     storage: StorageClient<Channel>,
 }
@@ -247,10 +261,12 @@ pub fn pod_view(world: &World, pod: &PodRecord) -> PodView {
 impl Controller {
     /// A controller over `store`, calling identity-svc and storage-svc on
     /// these channels.
-    pub fn new(store: Store, identity: Channel, storage: Channel) -> Self {
+    pub fn new(store: Store, identity: Channel, storage: Channel, fence_margin: Duration) -> Self {
         Controller {
             store,
             backoff: Arc::default(),
+            fence_margin,
+            unheld: Arc::default(),
             identities: IdentitiesClient::new(identity),
             storage: StorageClient::new(storage),
         }
@@ -280,9 +296,17 @@ impl Controller {
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
                 Ok(_) => {}
             }
+            // A set whose back-off ends before the next tick is tried then.
+            let wake = self.next_wake();
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 message = async {
                     match events.as_mut() {
                         Some(stream) => stream.message().await.ok().flatten().is_some(),
@@ -295,6 +319,25 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// How much of the fence margin is left for a pod whose identity was
+    /// freed by a lease expiry (counted from the first time this replica
+    /// saw it freed); `None` once it has passed.
+    fn margin_left(&self, freed: &FreedPod) -> Option<Duration> {
+        let now = Instant::now();
+        let mut unheld = self.unheld.lock().expect("not poisoned");
+        // Forget pods long gone some other way.
+        unheld.retain(|_, seen| now.duration_since(*seen) < Duration::from_secs(600));
+        let seen = *unheld.entry(freed.clone()).or_insert(now);
+        self.fence_margin
+            .checked_sub(now.duration_since(seen))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// When the next set's back-off ends, if any waits.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.backoff.lock().expect("not poisoned").next_wake()
     }
 
     /// One activation over every set. Answers how many actions were taken.
@@ -444,18 +487,34 @@ impl Controller {
                         .find(|p| p.value.meta.name == *pod)
                         .expect("planned from these pods");
                     let k = keys.pod(ns, pod);
-                    term.write(
-                        &self.store,
-                        vec![Compare::mod_revision(k.clone(), CompareOp::Equal, p.mod_revision)],
-                        vec![TxnOp::delete(k, None), TxnOp::delete(keys.pod_status(ns, pod), None)],
-                    )
-                    .await
-                    .map(|done| {
-                        if done {
-                            metrics::counter!("petset_pods_removed_total", "reason" => format!("{reason:?}")).increment(1);
-                            tracing::info!(pod = %format!("{ns}/{pod}"), ?reason, "pod removed");
-                        }
-                    })
+                    let freed = (ns.to_string(), pod.clone(), p.value.incarnation);
+                    if matches!(
+                        reason,
+                        planner::Reason::NodeLost | planner::Reason::IdentityLost
+                    ) && let Some(left) = self.margin_left(&freed)
+                    {
+                        // The old copy's fence fired at two thirds of the
+                        // lease; this covers clocks that run at other rates.
+                        Err(Error::FailedPrecondition(format!(
+                            "pod {pod}'s identity was freed by its node's lease expiry; \
+                             replacing it in {left:?} (fence margin {:?})",
+                            self.fence_margin
+                        )))
+                    } else {
+                        term.write(
+                            &self.store,
+                            vec![Compare::mod_revision(k.clone(), CompareOp::Equal, p.mod_revision)],
+                            vec![TxnOp::delete(k, None), TxnOp::delete(keys.pod_status(ns, pod), None)],
+                        )
+                        .await
+                        .map(|done| {
+                            if done {
+                                self.unheld.lock().expect("not poisoned").remove(&freed);
+                                metrics::counter!("petset_pods_removed_total", "reason" => format!("{reason:?}")).increment(1);
+                                tracing::info!(pod = %format!("{ns}/{pod}"), ?reason, "pod removed");
+                            }
+                        })
+                    }
                 }
                 Action::DeleteClaims { ordinal } => {
                     self.delete_claims(ns, name, &set.value, *ordinal).await

@@ -106,7 +106,12 @@ impl Server {
                 }
             }
         });
-        let controller = Controller::new(store.clone(), identity, storage);
+        let controller = Controller::new(
+            store.clone(),
+            identity,
+            storage,
+            std::time::Duration::from_millis(config.fence_margin_ms),
+        );
         let elector = tokio::spawn(leader::run(
             store.clone(),
             id.clone(),
