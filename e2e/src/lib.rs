@@ -7,6 +7,10 @@
 //! - [`run`]: runs a command and returns its output, failing loudly.
 //! - [`wait_until`]: polls a condition with a deadline; [`http`]: curl.
 //! - [`Petctl`]: petctl against one scheduler-svc, pods parsed from JSON.
+//! - [`local`]: the README's local stack on ports of its own, the process
+//!   table, a sampler of pod copies.
+
+pub mod local;
 
 use std::path::PathBuf;
 use std::process::Command;

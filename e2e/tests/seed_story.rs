@@ -6,11 +6,11 @@
 //! restarted, a killed node agent's pods running again elsewhere, and the
 //! claims kept after the set is deleted. Stopping leaves nothing running.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use petset_e2e::{Petctl, PodRow, binary, free_port, free_ports, http, repo_root, run};
+use petset_e2e::local::{LocalStack, Ports, Resume, Sampler, alive, process_of, processes};
+use petset_e2e::{Petctl, PodRow, binary, free_port, http, run};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -19,19 +19,10 @@ fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     petset_e2e::wait_until(what, DEADLINE, check)
 }
 
-fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 struct Stack {
-    // Dropped first: the stack stops before its folder goes.
-    up: Up,
+    local: LocalStack,
     server: String,
     dns: u16,
-    dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -100,161 +91,21 @@ fn find_pod<'a>(pods: &'a [PodRow], name: &str) -> Option<&'a PodRow> {
     pods.iter().find(|p| p.0 == name)
 }
 
-/// The pids of processes whose command line (NUL-separated) contains every
-/// one of `parts`.
-fn processes(parts: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if parts.iter().all(|p| cmd.contains(p)) {
-            out.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out
-}
-
-/// Stops `scripts/up` if the test ends early, so that a failed run leaves
-/// nothing behind. SIGTERM, not Ctrl-C's SIGINT: a test run started in the
-/// background of a non-interactive shell (as CI may) inherits SIGINT
-/// ignored, and bash cannot trap a signal ignored at its start.
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Resumes a stopped process when dropped (also when the test fails, so
-/// that scripts/up can stop it).
-struct Resume(String);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-    }
-}
-
-/// Counts, until stopped, the kubia-pet processes that carry one pod's
-/// name, every few milliseconds: (samples, the most seen at once).
-struct Sampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, usize)>,
-}
-
-impl Sampler {
-    fn start(pod: &str) -> Sampler {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, pod) = (stop.clone(), format!("POD_NAME={pod}"));
-        let program = binary("kubia-pet").to_str().unwrap().to_string();
-        let thread = std::thread::spawn(move || {
-            let (mut samples, mut most) = (0u64, 0usize);
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                // The program itself (its shim and wrappers name it among
-                // their arguments).
-                let copies = processes(&[&program])
-                    .iter()
-                    .filter(|pid| {
-                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                        cmd.split(|b| *b == 0).next() == Some(program.as_bytes())
-                            && String::from_utf8_lossy(&env).split('\0').any(|v| v == pod)
-                    })
-                    .count();
-                samples += 1;
-                most = most.max(copies);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (samples, most)
-        });
-        Sampler { stop, thread }
-    }
-
-    fn stop(self) -> (u64, usize) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
-/// The pid of a pod's kubia-pet process (by its POD_NAME and POD_IP).
-fn process_of(name: &str, ip: &str) -> Option<String> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        let (Ok(env), Ok(cmd)) = (
-            std::fs::read(entry.path().join("environ")),
-            std::fs::read(entry.path().join("cmdline")),
-        ) else {
-            continue;
-        };
-        let env = String::from_utf8_lossy(&env);
-        if String::from_utf8_lossy(&cmd).starts_with(binary("kubia-pet").to_str()?)
-            && env.split('\0').any(|v| v == format!("POD_NAME={name}"))
-            && env.split('\0').any(|v| v == format!("POD_IP={ip}"))
-        {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 #[test]
 fn the_seed_story_with_the_real_binaries() {
-    let dir = tempfile::tempdir().unwrap();
-    // etcd's peer port is its client port + 1, and the three agents take
-    // three ports from the one given: each range is reserved whole.
-    let (etcd, identity, dns, storage, scheduler, scheduler_2, agents) = (
-        free_ports(2),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_ports(3),
-    );
-    let mut up = Up(Command::new(repo_root().join("scripts/up"))
-        .env("PETSET_STACK_DIR", dir.path())
-        .env("PETSET_ETCD_PORT", etcd.to_string())
-        .env("PETSET_IDENTITY_PORT", identity.to_string())
-        .env("PETSET_DNS_PORT", dns.to_string())
-        .env("PETSET_STORAGE_PORT", storage.to_string())
-        .env("PETSET_SCHEDULER_PORT", scheduler.to_string())
-        .env("PETSET_API_PORT", free_port().to_string())
-        .env("PETSET_SCHEDULER_PORT_2", scheduler_2.to_string())
-        .env("PETSET_API_PORT_2", free_port().to_string())
-        .env("PETSET_AGENT_PORT", agents.to_string())
-        .env("PETSET_NODE_LEASE_TTL", "3")
-        // Pod addresses of their own, so a stack a person runs beside the
-        // test does not collide with it.
-        .env("PETSET_POD_NET", "127.77")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !dir.path().join("ready").exists() {
-        if let Ok(Some(status)) = up.0.try_wait() {
-            panic!("scripts/up exited early with {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "scripts/up was not ready in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut stack = Stack {
-        up,
-        server: format!("127.0.0.1:{scheduler}"),
+    let local = LocalStack::start("127.77", 3);
+    let Ports {
+        etcd,
+        identity,
         dns,
-        dir,
+        storage,
+        schedulers: [scheduler, scheduler_2],
+        ..
+    } = local.ports.clone();
+    let mut stack = Stack {
+        server: local.scheduler(0),
+        local,
+        dns,
     };
 
     // Every service answers grpcurl (reflection v1alpha) and health.
@@ -510,7 +361,8 @@ fn the_seed_story_with_the_real_binaries() {
     // Killing kubia-1's node agent: kubia-1 stops with it, and once the
     // node's lease expired it runs again on another node, on its volume.
     let node1 = pod_ip(&three, "kubia-1").3.clone();
-    let agent = std::fs::read_to_string(stack.dir.path().join(format!("{node1}.pid"))).unwrap();
+    let agent =
+        std::fs::read_to_string(stack.local.dir.path().join(format!("{node1}.pid"))).unwrap();
     run("kill", &["-KILL", agent.trim()]);
     wait_until("kubia-1's process to stop with its agent", || {
         process_of("kubia-1", &ip1).is_none().then_some(())
@@ -539,8 +391,9 @@ fn the_seed_story_with_the_real_binaries() {
     let now = stack.pods();
     let hung = pod_ip(&now, "kubia-0").clone();
     let old = process_of("kubia-0", &hung.2).expect("kubia-0 runs");
-    let agent = std::fs::read_to_string(stack.dir.path().join(format!("{}.pid", hung.3))).unwrap();
-    let sampler = Sampler::start("kubia-0");
+    let agent =
+        std::fs::read_to_string(stack.local.dir.path().join(format!("{}.pid", hung.3))).unwrap();
+    let sampler = Sampler::start();
     let resume = Resume(agent.trim().to_string());
     run("kill", &["-STOP", &resume.0]);
     let stopped = Instant::now();
@@ -558,12 +411,14 @@ fn the_seed_story_with_the_real_binaries() {
     assert!(!alive(&old), "the old copy of kubia-0 still runs");
     let answer = curl(&[&format!("http://{}:8080/", moved.2)]).unwrap();
     assert!(answer.starts_with("You've hit kubia-0"), "{answer}");
-    let (samples, most) = sampler.stop();
-    assert!(samples > 100, "the sampler looked {samples} times");
-    assert_eq!(
-        most, 1,
-        "copies of kubia-0 at one instant, over {samples} samples"
+    let seen = sampler.stop();
+    assert!(
+        seen.samples > 100,
+        "the sampler looked {} times",
+        seen.samples
     );
+    assert!(seen.doubled().is_empty(), "two copies at once: {seen:?}");
+    assert_eq!(seen.most.get("kubia-0"), Some(&1), "{seen:?}");
     // Resumed, the agent finds its lease gone and registers again.
     drop(resume);
     wait_until("the resumed node to be Ready again", || {
@@ -681,6 +536,7 @@ fn the_seed_story_with_the_real_binaries() {
             &binary("scheduler-svc"),
             &scheduler_args(victim, http_port),
             &stack
+                .local
                 .dir
                 .path()
                 .join(format!("scheduler-{}-again.log", victim + 1)),
@@ -722,7 +578,7 @@ fn the_seed_story_with_the_real_binaries() {
     let mut scheduler_again = petset_core::testing::Tied::spawn(
         &binary("scheduler-svc"),
         &scheduler_args(0, free_port()),
-        &stack.dir.path().join("scheduler-svc-again.log"),
+        &stack.local.dir.path().join("scheduler-svc-again.log"),
     );
     wait_until("the new scheduler-svc to answer", || {
         Command::new(binary("petctl"))
@@ -758,9 +614,8 @@ fn the_seed_story_with_the_real_binaries() {
 
     // Stopping (what Ctrl-C or SIGTERM does) leaves no process behind.
     scheduler_again.stop();
-    let pids = std::fs::read_to_string(stack.dir.path().join("pids")).unwrap();
-    run("kill", &["-TERM", &stack.up.0.id().to_string()]);
-    stack.up.0.wait().unwrap();
+    let pids = std::fs::read_to_string(stack.local.dir.path().join("pids")).unwrap();
+    stack.local.stop();
     for pid in pids.lines().filter(|p| !p.is_empty()) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while alive(pid) {

@@ -1,0 +1,256 @@
+//! The README's local stack (`scripts/up`) on ports of its own, and what
+//! tests use to watch and disturb it: the process table, a sampler of pod
+//! copies, stopped processes resumed on drop.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{binary, free_port, free_ports, repo_root};
+
+/// The ports one stack uses, each reserved for the test process.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    /// etcd's client port (its peer port is the next one).
+    pub etcd: u16,
+    /// identity-svc's gRPC.
+    pub identity: u16,
+    /// identity-svc's DNS.
+    pub dns: u16,
+    /// storage-svc's gRPC.
+    pub storage: u16,
+    /// The two scheduler-svc replicas' gRPC.
+    pub schedulers: [u16; 2],
+    /// The first of the three agents' ports.
+    pub agents: u16,
+}
+
+/// `scripts/up`, running; stopped (SIGTERM) when dropped. SIGTERM, not
+/// Ctrl-C's SIGINT: a test run started in the background of a
+/// non-interactive shell (as CI may) inherits SIGINT ignored, and bash
+/// cannot trap a signal ignored at its start.
+#[derive(Debug)]
+pub struct LocalStack {
+    /// The script.
+    pub up: Child,
+    /// The ports.
+    pub ports: Ports,
+    /// Its folder (logs, pid files, volumes).
+    pub dir: tempfile::TempDir,
+}
+
+impl LocalStack {
+    /// Starts `scripts/up` with pods on `pod_net` (`a.b`: node n gives
+    /// `a.b.n.x`) and node leases of `lease_ttl` seconds; waits until it
+    /// has applied the example and is ready.
+    pub fn start(pod_net: &str, lease_ttl: u64) -> LocalStack {
+        let dir = tempfile::tempdir().expect("a folder");
+        // etcd's peer port is its client port + 1, and the three agents
+        // take three ports from the one given: each range is reserved whole.
+        let ports = Ports {
+            etcd: free_ports(2),
+            identity: free_port(),
+            dns: free_port(),
+            storage: free_port(),
+            schedulers: [free_port(), free_port()],
+            agents: free_ports(3),
+        };
+        let up = Command::new(repo_root().join("scripts/up"))
+            .env("PETSET_STACK_DIR", dir.path())
+            .env("PETSET_ETCD_PORT", ports.etcd.to_string())
+            .env("PETSET_IDENTITY_PORT", ports.identity.to_string())
+            .env("PETSET_DNS_PORT", ports.dns.to_string())
+            .env("PETSET_STORAGE_PORT", ports.storage.to_string())
+            .env("PETSET_SCHEDULER_PORT", ports.schedulers[0].to_string())
+            .env("PETSET_API_PORT", free_port().to_string())
+            .env("PETSET_SCHEDULER_PORT_2", ports.schedulers[1].to_string())
+            .env("PETSET_API_PORT_2", free_port().to_string())
+            .env("PETSET_AGENT_PORT", ports.agents.to_string())
+            .env("PETSET_NODE_LEASE_TTL", lease_ttl.to_string())
+            // Pod addresses of their own, so a stack a person runs beside
+            // the test does not collide with it.
+            .env("PETSET_POD_NET", pod_net)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("scripts/up starts");
+        let mut stack = LocalStack { up, ports, dir };
+        let start = Instant::now();
+        while !stack.dir.path().join("ready").exists() {
+            if let Ok(Some(status)) = stack.up.try_wait() {
+                panic!("scripts/up exited early with {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "scripts/up was not ready in 300 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stack
+    }
+
+    /// `127.0.0.1:<port>` of scheduler replica `i`.
+    pub fn scheduler(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports.schedulers[i])
+    }
+
+    /// The pid of a node's agent, as scripts/up wrote it.
+    pub fn agent_pid(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{node}.pid")))
+            .expect("scripts/up wrote the agent's pid")
+            .trim()
+            .to_string()
+    }
+
+    /// Stops the stack as SIGTERM does and waits for scripts/up to end.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.up.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.up.id().to_string()])
+                .status();
+            let _ = self.up.wait();
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The pids of processes whose command line (NUL-separated) contains every
+/// one of `parts`.
+pub fn processes(parts: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if parts.iter().all(|p| cmd.contains(p)) {
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// The environment variable `POD_NAME` of every process running `program`
+/// itself (its shim and wrappers name it among their arguments), by pid.
+pub fn pods_running(program: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for pid in processes(&[program]) {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() != Some(program.as_bytes()) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if let Some(name) = String::from_utf8_lossy(&env)
+            .split('\0')
+            .find_map(|v| v.strip_prefix("POD_NAME="))
+        {
+            out.push((pid, name.to_string()));
+        }
+    }
+    out
+}
+
+/// The pid of a pod's kubia-pet process (by its POD_NAME and POD_IP).
+pub fn process_of(name: &str, ip: &str) -> Option<String> {
+    let program = binary("kubia-pet");
+    pods_running(program.to_str()?)
+        .into_iter()
+        .filter(|(_, pod)| pod == name)
+        .map(|(pid, _)| pid)
+        .find(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&env)
+                .split('\0')
+                .any(|v| v == format!("POD_IP={ip}"))
+        })
+}
+
+/// What a [`Sampler`] saw: how many times it looked, and the most live
+/// copies of each pod at one instant.
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    /// Looks at the process table.
+    pub samples: u64,
+    /// Pod name → the most processes carrying it at once.
+    pub most: BTreeMap<String, usize>,
+}
+
+impl Samples {
+    /// Looks at which some pod had two or more live copies.
+    pub fn doubled(&self) -> Vec<(&str, usize)> {
+        self.most
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(p, n)| (p.as_str(), *n))
+            .collect()
+    }
+}
+
+/// Reads the process table every ~2 ms until stopped, counting the
+/// kubia-pet processes of each pod: the independent witness that no
+/// identity ever runs twice.
+#[derive(Debug)]
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Samples>,
+}
+
+impl Sampler {
+    /// Starts sampling.
+    pub fn start() -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let program = binary("kubia-pet").to_str().expect("UTF-8").to_string();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Samples::default();
+            while !flag.load(Ordering::Relaxed) {
+                let mut now: BTreeMap<String, usize> = BTreeMap::new();
+                for (_, pod) in pods_running(&program) {
+                    *now.entry(pod).or_default() += 1;
+                }
+                for (pod, n) in now {
+                    let most = seen.most.entry(pod).or_default();
+                    *most = (*most).max(n);
+                }
+                seen.samples += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        });
+        Sampler { stop, thread }
+    }
+
+    /// Stops sampling; what it saw.
+    pub fn stop(self) -> Samples {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the sampler ran")
+    }
+}
+
+/// Resumes a stopped process (SIGCONT) when dropped, also when a test
+/// fails, so that the stack can stop it.
+#[derive(Debug)]
+pub struct Resume(pub String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
