@@ -93,7 +93,10 @@ impl Replicas {
         let start = Instant::now();
         killed.kill();
         while !leads(&self.addrs[other]) {
-            assert!(start.elapsed() < Duration::from_secs(60), "no failover in 60 s");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no failover in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let took = start.elapsed();
@@ -107,7 +110,9 @@ impl Replicas {
 /// renewal's stop to a watch seeing the key deleted.
 async fn raw_lease_expiry(endpoint: &str, root: &str, i: usize) -> Duration {
     use etcd_client::{EventType, PutOptions, WatchOptions};
-    let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let mut client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
     let key = format!("{root}/raw-lease/{i}");
     let lease = client.lease_grant(TTL, None).await.unwrap().id();
     client
@@ -129,7 +134,10 @@ async fn raw_lease_expiry(endpoint: &str, root: &str, i: usize) -> Duration {
     drop(keeper);
     drop(answers);
     while let Ok(Some(r)) = events.message().await {
-        if r.events().iter().any(|e| e.event_type() == EventType::Delete) {
+        if r.events()
+            .iter()
+            .any(|e| e.event_type() == EventType::Delete)
+        {
             break;
         }
     }
@@ -177,7 +185,9 @@ async fn main() {
     for w in 0..8 {
         let (busy, endpoint, root) = (busy.clone(), etcd.endpoint(), store.root.clone());
         writers.push(tokio::spawn(async move {
-            let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
+            let mut client = etcd_client::Client::connect([endpoint], None)
+                .await
+                .unwrap();
             let mut n = 0u64;
             while busy.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("{root}/load/{w}/{n}");
