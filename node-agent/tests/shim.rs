@@ -119,13 +119,18 @@ fn nothing_starts_past_the_deadline() {
 fn it_ends_as_its_container_does_and_passes_sigterm_on() {
     let dir = tempfile::tempdir().unwrap();
     let far = (boottime_ns() + 60_000_000_000).to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_petset-shim"))
+    // The agent's end of the pipe stays open (a closed one is a fence).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_petset-shim"))
         .args([far.as_str(), "--", "sh", "-c", "exit 3"])
         .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
-        .output()
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    let input = child.stdin.take();
+    let (status, err) = ended(child);
+    drop(input);
+    assert_eq!(status.code(), Some(3), "{status:?} {err}");
 
     // SIGTERM to the group (how the agent stops a pod): the container
     // traps it and exits 0; the shim stays to report that.
