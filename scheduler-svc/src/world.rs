@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use petset_core::error::Result;
 use petset_core::identity::HolderRecord;
-use petset_core::store::{Store, Versioned, decode};
+use petset_core::store::{Store, Versioned, decode_or_skip};
 
 use crate::records::{
     NodeRecord, PodRecord, PodStatusRecord, RevisionRecord, SetRecord, SetStatusRecord,
@@ -36,9 +36,6 @@ pub struct World {
     pub node_leases: BTreeMap<String, i64>,
     /// Identity holders: `(ns, set, ordinal)`.
     pub holders: BTreeMap<(String, String, u32), HolderRecord>,
-    /// Keys whose value does not decode (written by another version, or
-    /// damaged): left out, so that one bad record stops nothing else.
-    pub undecodable: Vec<String>,
 }
 
 impl World {
@@ -52,16 +49,13 @@ impl World {
         };
         for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
-            // A record that does not decode is reported and skipped.
+            // A record that does not decode is logged and left out, so
+            // that one bad record stops nothing else.
             macro_rules! decode {
                 ($t:ty) => {
-                    match decode::<$t>(kv) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::warn!(key = %key, error = %e, "stored record does not decode; skipped");
-                            world.undecodable.push(key.to_string());
-                            continue;
-                        }
+                    match decode_or_skip::<$t>(kv) {
+                        Some(v) => v,
+                        None => continue,
                     }
                 };
             }

@@ -163,14 +163,8 @@ impl Store {
         let items = kvs
             .iter()
             .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match decode(kv) {
-                    Ok(value) => Some((key, value)),
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "stored record does not decode; left out");
-                        None
-                    }
-                }
+                let value = decode_or_skip(kv)?;
+                Some((String::from_utf8_lossy(kv.key()).into_owned(), value))
             })
             .collect();
         Ok((items, revision))
@@ -240,6 +234,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
         message: "encoding a stored value".into(),
         source: Some(Box::new(e)),
     })
+}
+
+/// Decodes one stored key-value, or logs why it does not decode and
+/// answers `None`: for reads over many records, where one written by
+/// another version (or damaged) must not stop the others.
+pub fn decode_or_skip<T: DeserializeOwned>(kv: &KeyValue) -> Option<Versioned<T>> {
+    decode(kv)
+        .inspect_err(|e| tracing::warn!(error = %e, "stored record does not decode; left out"))
+        .ok()
 }
 
 /// Decodes one stored key-value.
