@@ -205,6 +205,15 @@ pub fn free_port() -> u16 {
     free_ports(1)
 }
 
+/// The first port of the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), Linux's default when unreadable.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
 /// The first of `n` consecutive loopback TCP ports nobody listens on now,
 /// reserved for this test process until it exits (for programs that take
 /// a base port, such as etcd's client port and the peer port after it).
@@ -223,11 +232,7 @@ pub fn free_ports(n: u16) -> u16 {
     let n = n.max(1);
     let dir = std::env::temp_dir().join("petset-test-ports");
     std::fs::create_dir_all(&dir).expect("a folder for port reservations");
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (low, high) = (20000u16, ephemeral_low.clamp(20000 + 1024, 32768));
+    let (low, high) = (20000u16, ephemeral_low().clamp(20000 + 1024, 32768));
     let span = high - low - n;
     // Start where another process is unlikely to: by pid and the clock.
     let seed = std::process::id() as u64
@@ -489,10 +494,7 @@ mod tests {
 
     #[test]
     fn reserved_ports_are_bindable_distinct_and_outside_the_ephemeral_range() {
-        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
+        let ephemeral_low = ephemeral_low();
         let mut seen = std::collections::BTreeSet::new();
         for n in [1u16, 2, 3, 1, 2, 3, 1, 1] {
             let first = free_ports(n);
