@@ -50,10 +50,7 @@ pub fn parse(class: Option<&v1::StorageClass>) -> Result<ClassInput> {
         validate::dns1123_subdomain,
         &mut v,
     );
-    let provisioner = Provisioner::ALL
-        .iter()
-        .find(|(name, _)| *name == class.provisioner)
-        .map(|(_, p)| *p);
+    let provisioner = Provisioner::from_name(&class.provisioner);
     if provisioner.is_none() {
         v.add(
             "storage_class.provisioner",

@@ -155,10 +155,7 @@ fn parse_default_class(text: &str) -> Result<Option<(String, Provisioner)>, Serv
         .ok_or_else(|| error(format!("must be NAME=PROVISIONER or none, got {text:?}")))?;
     petset_core::validate::dns1123_subdomain(name)
         .map_err(|e| error(format!("class name {name:?}: {e}")))?;
-    let provisioner = Provisioner::ALL
-        .iter()
-        .find(|(n, _)| *n == provisioner)
-        .map(|(_, p)| *p)
+    let provisioner = Provisioner::from_name(provisioner)
         .filter(|p| *p != Provisioner::NoProvisioner)
         .ok_or_else(|| {
             error(format!(

@@ -49,6 +49,11 @@ impl Provisioner {
         ("kubernetes.io/no-provisioner", Provisioner::NoProvisioner),
     ];
 
+    /// The provisioner users call `name`, if petset has it.
+    pub fn from_name(name: &str) -> Option<Provisioner> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+    }
+
     /// The name users write.
     pub fn as_str(self) -> &'static str {
         Self::ALL
