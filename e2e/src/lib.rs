@@ -89,6 +89,25 @@ pub fn http(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// curl's answer when the request succeeded (3 s at most), else `None`.
+pub fn curl(args: &[&str]) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3"])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the scheduler-svc replica at `addr` (host:port) leads, from its
+/// `petset_scheduler_leader` gauge.
+pub fn leads(addr: &str) -> bool {
+    let (code, metrics) = http(&[&format!("http://{addr}/metrics")]);
+    code == 200 && metrics.lines().any(|l| l == "petset_scheduler_leader 1")
+}
+
 /// A pod as `petctl get pods -o json` shows it: (name, ready, podIP, node,
 /// restarts).
 pub type PodRow = (String, bool, String, String, i64);
@@ -134,6 +153,22 @@ impl Petctl {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many nodes `petctl get nodes` shows Ready.
+    pub fn ready_nodes(&self) -> usize {
+        self.run(&["get", "nodes"])
+            .lines()
+            .filter(|l| l.contains(" Ready "))
+            .count()
+    }
+
+    /// `petctl get sc`: whether the class `name` of `provisioner` is shown
+    /// as the default.
+    pub fn has_default_class(&self, name: &str, provisioner: &str) -> bool {
+        self.run(&["get", "sc"])
+            .lines()
+            .any(|l| l.starts_with(&format!("{name} (default)")) && l.contains(provisioner))
     }
 
     /// Runs petctl with `-o json`; the parsed answer.

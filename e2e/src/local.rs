@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{binary, free_port, free_ports, repo_root};
+use crate::{binary, free_port, free_ports, leads, repo_root};
 
 /// The ports one stack uses, each reserved for the test process.
 #[derive(Debug, Clone)]
@@ -96,6 +96,15 @@ impl LocalStack {
     /// `127.0.0.1:<port>` of scheduler replica `i`.
     pub fn scheduler(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.ports.schedulers[i])
+    }
+
+    /// Which scheduler replica leads (by index), when exactly one does.
+    pub fn leader(&self) -> Option<usize> {
+        match (leads(&self.scheduler(0)), leads(&self.scheduler(1))) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
     }
 
     /// The pid of a node's agent, as scripts/up wrote it.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use petset_core::testing::Tied;
 use petset_e2e::local::{LocalStack, Resume, Sampler, alive, process_of, processes};
-use petset_e2e::{Petctl, PodRow, binary, free_port, http, wait_until};
+use petset_e2e::{Petctl, PodRow, binary, curl, free_port, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const LEASE_TTL: u64 = 3;
@@ -32,17 +32,6 @@ struct Outcome {
     writes: u32,
     lost: Vec<String>,
     restarted: Vec<String>,
-}
-
-fn curl(args: &[&str]) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "3"])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 struct Chaos {
@@ -59,14 +48,6 @@ impl Chaos {
 
     fn ready(&self) -> Vec<PodRow> {
         self.petctl.wait_ready(&PODS, DEADLINE)
-    }
-
-    fn ready_nodes(&self) -> usize {
-        self.petctl
-            .run(&["get", "nodes"])
-            .lines()
-            .filter(|l| l.contains(" Ready "))
-            .count()
     }
 
     /// Writes a fresh value to each pod; answers what was acknowledged.
@@ -109,19 +90,6 @@ impl Chaos {
         });
     }
 
-    /// The scheduler replica that leads, from each one's gauge.
-    fn leader(&self) -> Option<usize> {
-        let leads = |i: usize| {
-            let (_, metrics) = http(&[&format!("http://{}/metrics", self.stack.scheduler(i))]);
-            metrics.lines().any(|l| l == "petset_scheduler_leader 1")
-        };
-        match (leads(0), leads(1)) {
-            (true, false) => Some(0),
-            (false, true) => Some(1),
-            _ => None,
-        }
-    }
-
     /// Starts `cmdline` (a program killed earlier) again, for the rest of
     /// the test.
     fn start_again(&mut self, cmdline: &[String], log: &str) {
@@ -130,6 +98,16 @@ impl Chaos {
             &cmdline[1..],
             &self.stack.dir.path().join(log),
         ));
+    }
+}
+
+impl Outcome {
+    /// Counts one trial, and the writes acknowledged before it that are
+    /// no longer there.
+    fn trial(&mut self, chaos: &Chaos, acked: &BTreeMap<String, String>) {
+        self.trials += 1;
+        self.writes += acked.len() as u32;
+        self.lost.extend(chaos.lost(acked));
     }
 }
 
@@ -171,7 +149,7 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
     };
     chaos.petctl.run(&["scale", "sts", "kubia", "--replicas=3"]);
     chaos.ready();
-    let nodes = chaos.ready_nodes();
+    let nodes = chaos.petctl.ready_nodes();
     assert_eq!(nodes, 3);
     let sampler = Sampler::start();
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
@@ -187,13 +165,11 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
         let took = start.elapsed();
         drop(resume);
         wait_until("the resumed node Ready", DEADLINE, || {
-            (chaos.ready_nodes() == nodes).then_some(())
+            (chaos.petctl.ready_nodes() == nodes).then_some(())
         });
         let o = outcomes.entry("agent hung (SIGSTOP)").or_default();
-        o.trials += 1;
+        o.trial(&chaos, &acked);
         o.replaced.push(took);
-        o.writes += acked.len() as u32;
-        o.lost.extend(chaos.lost(&acked));
 
         // A killed agent: its shims see the pipe close and kill at once.
         let (node, on) = node_of(&chaos.ready(), PODS[(trial as usize + 1) % 3]);
@@ -206,17 +182,17 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
         let took = start.elapsed();
         chaos.start_again(&args, &format!("{node}-again-{trial}.log"));
         wait_until("the restarted node Ready", DEADLINE, || {
-            (chaos.ready_nodes() == nodes).then_some(())
+            (chaos.petctl.ready_nodes() == nodes).then_some(())
         });
         let o = outcomes.entry("agent killed (SIGKILL)").or_default();
-        o.trials += 1;
+        o.trial(&chaos, &acked);
         o.replaced.push(took);
-        o.writes += acked.len() as u32;
-        o.lost.extend(chaos.lost(&acked));
 
         // The leading scheduler replica killed: no pod restarts.
         let acked = chaos.write_all(&format!("{trial}-leader"));
-        let leader = wait_until("one scheduler replica to lead", DEADLINE, || chaos.leader());
+        let leader = wait_until("one scheduler replica to lead", DEADLINE, || {
+            chaos.stack.leader()
+        });
         let other = 1 - leader;
         let before: Vec<(String, Option<String>)> = chaos
             .ready()
@@ -237,8 +213,8 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
             DEADLINE,
             || {
                 (killed.elapsed() >= Duration::from_secs(3 * LEASE_TTL)
-                    && chaos.leader() == Some(other)
-                    && chaos.ready_nodes() == nodes)
+                    && chaos.stack.leader() == Some(other)
+                    && chaos.petctl.ready_nodes() == nodes)
                     .then_some(())
             },
         );
@@ -250,9 +226,7 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
         let o = outcomes
             .entry("leading scheduler killed (SIGKILL)")
             .or_default();
-        o.trials += 1;
-        o.writes += acked.len() as u32;
-        o.lost.extend(chaos.lost(&acked));
+        o.trial(&chaos, &acked);
         for (b, a) in before.iter().zip(&after) {
             if b != a || !b.1.as_deref().is_some_and(alive) {
                 o.restarted.push(format!("{} ({:?} → {:?})", b.0, b.1, a.1));

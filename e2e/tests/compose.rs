@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use petset_e2e::{Petctl, binary, free_port, http, repo_root, run, wait_until};
+use petset_e2e::{Petctl, binary, free_port, http, leads, repo_root, run, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TAG: &str = "e2e";
@@ -164,11 +164,10 @@ impl Drop for Project {
 
 /// Which scheduler replica leads, from each one's `/metrics`.
 fn leader(ports: &[(&str, u16)]) -> Option<String> {
-    ports.iter().find_map(|(service, port)| {
-        let (code, body) = http(&[&format!("http://127.0.0.1:{port}/metrics")]);
-        (code == 200 && body.lines().any(|l| l == "petset_scheduler_leader 1"))
-            .then(|| service.to_string())
-    })
+    ports
+        .iter()
+        .find(|(_, port)| leads(&format!("127.0.0.1:{port}")))
+        .map(|(service, _)| service.to_string())
 }
 
 /// Containers (running or not) with all of `labels`.
@@ -264,12 +263,10 @@ fn the_seed_story_on_the_compose_stack() {
         ));
     }
     // Storage out of the box: the stack has a default class.
-    let classes = petctl.run(&["get", "sc"]);
     assert!(
-        classes
-            .lines()
-            .any(|l| l.starts_with("standard (default)") && l.contains("petset.io/shared")),
-        "{classes}"
+        petctl.has_default_class("standard", "petset.io/shared"),
+        "{}",
+        petctl.run(&["get", "sc"])
     );
     let file = data_dir.join("kubia.yaml");
     std::fs::write(&file, manifests).unwrap();

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use petset_e2e::local::{LocalStack, Ports, Resume, Sampler, alive, process_of, processes};
-use petset_e2e::{Petctl, PodRow, binary, free_port, http, run};
+use petset_e2e::{Petctl, PodRow, binary, curl, free_port, http, run};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -69,17 +69,6 @@ impl Stack {
         targets.sort();
         targets
     }
-}
-
-fn curl(args: &[&str]) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "3"])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn pod_ip<'a>(pods: &'a [PodRow], name: &str) -> &'a PodRow {
@@ -312,12 +301,12 @@ fn the_seed_story_with_the_real_binaries() {
 
     // The default StorageClass: a set whose claim template names no class
     // (most real manifests) becomes Ready with no other step.
-    let classes = stack.petctl(&["get", "sc"]);
     assert!(
-        classes
-            .lines()
-            .any(|l| l.starts_with("standard (default)") && l.contains("petset.io/shared")),
-        "{classes}"
+        stack
+            .client()
+            .has_default_class("standard", "petset.io/shared"),
+        "{}",
+        stack.petctl(&["get", "sc"])
     );
     stack.client().apply("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: cache}\nspec:\n  serviceName: cache\n  replicas: 1\n  selector: {matchLabels: {app: cache}}\n  template:\n    metadata: {labels: {app: cache}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        volumeMounts: [{name: data, mountPath: /data}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec:\n      accessModes: [ReadWriteOnce]\n      resources: {requests: {storage: 1Mi}}\n");
     wait_until("cache-0 Ready on a claim of the default class", || {
@@ -480,36 +469,17 @@ fn the_seed_story_with_the_real_binaries() {
             format!("http://127.0.0.1:{storage}"),
         ]
     };
-    // Which replica leads, from each one's `petset_scheduler_leader` gauge.
-    let leader = || -> Option<usize> {
-        let leads = |i: usize| {
-            let (_, metrics) = http(&[&format!("http://{}/metrics", servers[i])]);
-            metrics.lines().any(|l| l == "petset_scheduler_leader 1")
-        };
-        match (leads(0), leads(1)) {
-            (true, false) => Some(0),
-            (false, true) => Some(1),
-            _ => None,
-        }
-    };
     let mut restarted: Vec<petset_core::testing::Tied> = Vec::new();
     let node_ttl = Duration::from_secs(3);
     for role in ["follower", "leader"] {
-        let leading = wait_until("one scheduler replica to lead", leader);
+        let leading = wait_until("one scheduler replica to lead", || stack.local.leader());
         let victim = if role == "leader" {
             leading
         } else {
             1 - leading
         };
         let survivor = 1 - victim;
-        let ready_nodes = |stack: &Stack| {
-            stack
-                .petctl(&["get", "nodes"])
-                .lines()
-                .filter(|l| l.contains(" Ready "))
-                .count()
-        };
-        let nodes_before = ready_nodes(&stack);
+        let nodes_before = stack.client().ready_nodes();
         let before = (incarnations(&stack), pod_processes(&stack));
         assert!(before.1.iter().all(|(_, pid)| pid.is_some()), "{before:?}");
         // The first replica started by scripts/up, or its restart.
@@ -523,8 +493,8 @@ fn the_seed_story_with_the_real_binaries() {
             &format!("three node lease TTLs after the {role} (pid {pid}) was killed"),
             || {
                 (killed.elapsed() >= node_ttl * 3
-                    && ready_nodes(&stack) == nodes_before
-                    && leader() == Some(survivor))
+                    && stack.client().ready_nodes() == nodes_before
+                    && stack.local.leader() == Some(survivor))
                 .then_some(())
             },
         );

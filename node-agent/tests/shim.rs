@@ -14,16 +14,23 @@ const WAIT: Duration = Duration::from_secs(20);
 /// `after` from now.
 fn start(after: Duration, dir: &std::path::Path) -> (Child, std::path::PathBuf) {
     let pidfile = dir.join("container.pid");
-    let child = Command::new(env!("CARGO_BIN_EXE_petset-shim"))
-        .arg((boottime_ns() + after.as_nanos() as u64).to_string())
-        .args(["--", "sh", "-c", "echo $$ > \"$0\"; exec sleep 1000"])
-        .arg(&pidfile)
+    let deadline = boottime_ns() + after.as_nanos() as u64;
+    let child = shim(deadline, "echo $$ > \"$0\"; exec sleep 1000", &pidfile);
+    (child, pidfile)
+}
+
+/// The shim as the agent starts it (a process group leader, a pipe on its
+/// input) over `sh -c script arg`, deadline `deadline` (boot-time ns).
+fn shim(deadline: u64, script: &str, arg: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_petset-shim"))
+        .arg(deadline.to_string())
+        .args(["--", "sh", "-c", script])
+        .arg(arg)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .unwrap();
-    (child, pidfile)
+        .unwrap()
 }
 
 fn container_pid(pidfile: &std::path::Path) -> String {
@@ -118,15 +125,9 @@ fn nothing_starts_past_the_deadline() {
 #[test]
 fn it_ends_as_its_container_does_and_passes_sigterm_on() {
     let dir = tempfile::tempdir().unwrap();
-    let far = (boottime_ns() + 60_000_000_000).to_string();
+    let far = boottime_ns() + 60_000_000_000;
     // The agent's end of the pipe stays open (a closed one is a fence).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_petset-shim"))
-        .args([far.as_str(), "--", "sh", "-c", "exit 3"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut child = shim(far, "exit 3", dir.path());
     let input = child.stdin.take();
     let (status, err) = ended(child);
     drop(input);
@@ -136,14 +137,7 @@ fn it_ends_as_its_container_does_and_passes_sigterm_on() {
     // traps it and exits 0; the shim stays to report that.
     let script = "trap 'exit 0' TERM; echo $$ > \"$0\"; while :; do sleep 0.05; done";
     let pidfile = dir.path().join("trap.pid");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_petset-shim"))
-        .args([far.as_str(), "--", "sh", "-c", script])
-        .arg(&pidfile)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut child = shim(far, script, &pidfile);
     let _input = child.stdin.take();
     container_pid(&pidfile);
     let group = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
