@@ -9,6 +9,8 @@
 //! - [`quantity`]: Kubernetes quantities (`1Mi`, `250m`), exactly.
 //! - [`selector`]: node selectors (volume node affinity).
 //! - [`identity`]: the identity fence (holder, incarnation) every service checks.
+//! - [`names`]: pod and claim names, label keys.
+//! - [`claim`]: what a claim asks for (access modes, size), checked.
 //! - [`store`]: typed etcd access, transactions, leases, watch-fed mirrors.
 //! - [`lease_service`]: `petset.v1.Leases`, etcd leases over gRPC.
 //! - [`serve`]: the gRPC host every service runs.
@@ -17,11 +19,13 @@
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - `testing` (feature `testing`): a real etcd for integration tests.
 
+pub mod claim;
 pub mod config;
 pub mod error;
 pub mod identity;
 pub mod lease_service;
 pub mod meta;
+pub mod names;
 pub mod quantity;
 pub mod selector;
 pub mod serve;

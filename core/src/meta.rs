@@ -44,7 +44,7 @@ pub struct Meta {
 }
 
 /// Checked metadata from a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaInput {
     /// Empty for cluster-scoped objects.
     pub namespace: String,

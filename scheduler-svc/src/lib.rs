@@ -6,11 +6,14 @@
 //! # Layout
 //! - [`records`]: what is stored in etcd, and the key layout.
 //! - [`sets`]: StatefulSets, validated, defaulted and stored.
-//! - [`revisions`]: template revisions (ControllerRevisions).
+//! - [`revisions`]: template revisions (ControllerRevisions): naming,
+//!   the current revision, history pruning (pure).
 //! - [`planner`]: the controller's decision (pure).
 //! - [`placement`]: choosing a node (pure).
+//! - [`rules`]: what a set's pods are: `pod_for`, the planner's views,
+//!   orphan identities, kept claims (pure).
 //! - [`world`]: one consistent read of everything the controller decides on.
-//! - [`controller`]: carries the plan out.
+//! - [`controller`]: carries the plan out (a dispatcher over one set's pass).
 //! - [`leader`]: leader election and the term every controller write checks.
 //! - [`nodes`], [`pods`]: nodes and pods as agents and people see them.
 //! - [`grpc`]: the tonic services.
@@ -28,6 +31,7 @@ pub mod pods;
 pub mod proxy;
 pub mod records;
 pub mod revisions;
+pub mod rules;
 pub mod sets;
 pub mod world;
 

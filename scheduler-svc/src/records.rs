@@ -24,13 +24,6 @@ use petset_core::store::Store;
 use petset_proto::v1;
 use serde::{Deserialize, Serialize};
 
-/// `statefulset.kubernetes.io/pod-name`: every pod's own name.
-pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
-/// `apps.kubernetes.io/pod-index`: the pod's ordinal.
-pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
-/// `controller-revision-hash`: the revision the pod was made from.
-pub const REVISION_LABEL: &str = "controller-revision-hash";
-
 /// A StatefulSet, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetRecord {

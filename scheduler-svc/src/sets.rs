@@ -252,7 +252,7 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
             );
         }
         claim_names.push(name);
-        storage_svc::claims::parse_spec(&format!("{at}.spec"), t.spec.as_ref(), &mut v);
+        petset_core::claim::parse_spec(&format!("{at}.spec"), t.spec.as_ref(), &mut v);
     }
     // Pod template.
     let pod = template.spec.get_or_insert_with(Default::default);

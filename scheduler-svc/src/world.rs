@@ -8,6 +8,7 @@ use petset_core::error::Result;
 use petset_core::identity::HolderRecord;
 use petset_core::store::{Store, Versioned, decode_or_skip};
 
+use crate::placement::{Bound, NodeView};
 use crate::records::{
     NodeRecord, PodRecord, PodStatusRecord, RevisionRecord, SetRecord, SetStatusRecord,
 };
@@ -127,6 +128,42 @@ impl World {
             (Some(lease), Some(record)) => *lease == record.lease_id,
             _ => false,
         }
+    }
+
+    /// Every node as placement sees it (its name is its hostname label).
+    pub fn node_views(&self) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let mut labels = n.labels.clone();
+                labels.insert(petset_core::selector::HOSTNAME_LABEL.into(), n.name.clone());
+                NodeView {
+                    name: n.name.clone(),
+                    ready: self.node_ready(&n.name),
+                    labels,
+                    pods: n.capacity.pods,
+                    cpu_milli: n.capacity.cpu_milli,
+                    memory_bytes: n.capacity.memory_bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// Every pod as placement counts it, marked when it is of set `set`
+    /// in `ns`.
+    pub fn bound(&self, ns: &str, set: &str) -> Vec<Bound> {
+        self.pods
+            .values()
+            .map(|p| {
+                let (cpu_milli, memory_bytes) = crate::rules::requests(&p.value.spec);
+                Bound {
+                    node: p.value.node.clone(),
+                    same_set: p.value.set_name == set && p.value.meta.namespace == ns,
+                    cpu_milli,
+                    memory_bytes,
+                }
+            })
+            .collect()
     }
 
     /// The nodes that are Ready.

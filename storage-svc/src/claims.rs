@@ -29,6 +29,7 @@ use std::time::SystemTime;
 use petset_core::error::{Error, Result, Violations};
 use petset_core::identity::IdentityRef;
 use petset_core::meta::{MetaInput, Scope};
+use petset_core::names;
 use petset_core::quantity::format_bytes;
 use petset_core::selector::NodeSelector;
 use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
@@ -40,74 +41,16 @@ use crate::classes::Classes;
 use crate::provisioner::{self, Roots};
 use crate::reclaim::Reclaimer;
 use crate::records::{
-    AccessMode, AttachmentRecord, ClaimPhase, ClaimRecord, ClassRecord, Keys, ORDINAL_LABEL,
+    AttachmentRecord, ClaimPhase, ClaimRecord, ClassRecord, Keys, ORDINAL_LABEL,
     PROVISIONED_BY_ANNOTATION, SET_LABEL, VolumePhase, VolumeRecord,
 };
-use crate::volumes::{Volumes, parse_access_modes, parse_storage, parse_volume_mode};
+pub use petset_core::claim::{ClaimSpec, parse_spec};
+
+use crate::volumes::Volumes;
 
 /// How often a binding is retried when a concurrent writer moved the claim
 /// or the volume under it.
 const BIND_ROUNDS: usize = 16;
-
-/// The spec of a claim, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimSpec {
-    /// Access modes.
-    pub access_modes: Vec<AccessMode>,
-    /// Bytes asked for.
-    pub request: u64,
-    /// Class as written: `None` for unset.
-    pub class: Option<String>,
-    /// `spec.volumeName`.
-    pub wanted_volume: String,
-    /// `spec.selector.matchLabels`.
-    pub selector: BTreeMap<String, String>,
-}
-
-/// Checks a claim spec (of a claim or a template) under `field`.
-pub fn parse_spec(
-    field: &str,
-    spec: Option<&v1::PersistentVolumeClaimSpec>,
-    v: &mut Violations,
-) -> ClaimSpec {
-    let spec = spec.cloned().unwrap_or_default();
-    let access_modes = parse_access_modes(&format!("{field}.access_modes"), &spec.access_modes, v);
-    let request = parse_storage(
-        &format!("{field}.resources.requests"),
-        &spec.resources.unwrap_or_default().requests,
-        v,
-    );
-    if let Some(class) = spec.storage_class_name.as_deref().filter(|c| !c.is_empty()) {
-        v.check(
-            format!("{field}.storage_class_name"),
-            validate::dns1123_subdomain(class),
-        );
-    }
-    if !spec.volume_name.is_empty() {
-        v.check(
-            format!("{field}.volume_name"),
-            validate::dns1123_subdomain(&spec.volume_name),
-        );
-    }
-    let selector: BTreeMap<_, _> = spec
-        .selector
-        .unwrap_or_default()
-        .match_labels
-        .into_iter()
-        .collect();
-    v.check(
-        format!("{field}.selector.match_labels"),
-        validate::labels(&selector),
-    );
-    parse_volume_mode(&format!("{field}.volume_mode"), &spec.volume_mode, v);
-    ClaimSpec {
-        access_modes,
-        request,
-        class: spec.storage_class_name,
-        wanted_volume: spec.volume_name,
-        selector,
-    }
-}
 
 /// A checked claim from the API.
 #[derive(Debug, Clone)]
@@ -180,7 +123,7 @@ pub fn parse_ensure(request: &v1::EnsureClaimsRequest) -> Result<EnsureInput> {
         seen.push(meta.name.clone());
         let spec = parse_spec(&format!("{field}.spec"), template.spec.as_ref(), &mut v);
         let Some(owner) = &owner else { continue };
-        let name = format!("{}-{}", meta.name, owner.pod_name());
+        let name = names::claim_name(&meta.name, &owner.set_name, owner.ordinal);
         if let Err(reason) = validate::dns1123_subdomain(&name) {
             v.add(
                 format!("{field}.metadata.name"),

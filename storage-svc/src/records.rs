@@ -24,10 +24,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 /// The annotation a provisioned volume carries, naming its provisioner.
 pub const PROVISIONED_BY_ANNOTATION: &str = "pv.kubernetes.io/provisioned-by";
-/// The label a claim made from a template carries: its set.
-pub const SET_LABEL: &str = "petset.io/set";
-/// The label a claim made from a template carries: its ordinal.
-pub const ORDINAL_LABEL: &str = "apps.kubernetes.io/pod-index";
+pub use petset_core::claim::AccessMode;
+pub use petset_core::names::{POD_INDEX_LABEL as ORDINAL_LABEL, SET_LABEL};
 
 /// Who makes volumes for a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,49 +80,6 @@ pub enum BindingMode {
     Immediate,
     /// When a pod using it is placed on a node, and for that node.
     WaitForFirstConsumer,
-}
-
-/// How a volume may be attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum AccessMode {
-    /// Read-write by the pods of one node.
-    ReadWriteOnce,
-    /// Read-only by many nodes.
-    ReadOnlyMany,
-    /// Read-write by many nodes.
-    ReadWriteMany,
-    /// Read-write by one pod.
-    ReadWriteOncePod,
-}
-
-impl AccessMode {
-    /// Every mode, by the name users write.
-    pub const ALL: [AccessMode; 4] = [
-        AccessMode::ReadWriteOnce,
-        AccessMode::ReadOnlyMany,
-        AccessMode::ReadWriteMany,
-        AccessMode::ReadWriteOncePod,
-    ];
-
-    /// The name users write.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccessMode::ReadWriteOnce => "ReadWriteOnce",
-            AccessMode::ReadOnlyMany => "ReadOnlyMany",
-            AccessMode::ReadWriteMany => "ReadWriteMany",
-            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
-        }
-    }
-
-    /// kubectl's short form (`RWO`).
-    pub fn short(self) -> &'static str {
-        match self {
-            AccessMode::ReadWriteOnce => "RWO",
-            AccessMode::ReadOnlyMany => "ROX",
-            AccessMode::ReadWriteMany => "RWX",
-            AccessMode::ReadWriteOncePod => "RWOP",
-        }
-    }
 }
 
 /// A storage class, as stored.

@@ -11,89 +11,18 @@ use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
 use petset_core::meta::{MetaInput, Scope};
-use petset_core::quantity;
 use petset_core::selector::NodeSelector;
 use petset_core::store::{Store, Versioned};
 use petset_core::validate;
 use petset_proto::v1;
 use petset_proto::v1::persistent_volume_spec::Source;
 
+pub use petset_core::claim::{parse_access_modes, parse_storage, parse_volume_mode};
+
 use crate::provisioner::Roots;
 use crate::records::{
     AccessMode, ClaimRef, Keys, ReclaimPolicy, VolumePhase, VolumeRecord, VolumeSource,
 };
-
-/// Parses a list of access modes under `field`; at least one is needed.
-pub fn parse_access_modes(field: &str, modes: &[String], v: &mut Violations) -> Vec<AccessMode> {
-    if modes.is_empty() {
-        v.add(
-            field,
-            "at least one access mode is required (e.g. ReadWriteOnce)",
-        );
-    }
-    let mut out = Vec::new();
-    for (i, mode) in modes.iter().enumerate() {
-        match AccessMode::ALL.iter().find(|m| m.as_str() == mode) {
-            Some(m) if !out.contains(m) => out.push(*m),
-            Some(_) => {}
-            None => v.add(
-                format!("{field}[{i}]"),
-                format!(
-                    "must be ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod, got {mode:?}"
-                ),
-            ),
-        }
-    }
-    if out.contains(&AccessMode::ReadWriteOncePod) && out.len() > 1 {
-        v.add(
-            field,
-            "ReadWriteOncePod cannot be combined with other access modes",
-        );
-    }
-    out
-}
-
-/// Parses `{storage: <quantity>}` under `field`.
-pub fn parse_storage(
-    field: &str,
-    resources: &std::collections::HashMap<String, String>,
-    v: &mut Violations,
-) -> u64 {
-    for key in resources.keys().filter(|k| *k != "storage") {
-        v.add(
-            format!("{field}.{key}"),
-            "only `storage` is understood for volumes",
-        );
-    }
-    match resources.get("storage") {
-        None => {
-            v.add(
-                format!("{field}.storage"),
-                "is required: how many bytes, as a quantity (1Mi, 10Gi)",
-            );
-            0
-        }
-        Some(text) => match quantity::parse_bytes(text) {
-            Ok(bytes) => bytes,
-            Err(reason) => {
-                v.add(format!("{field}.storage"), reason);
-                0
-            }
-        },
-    }
-}
-
-/// Parses the volume mode: only `Filesystem`.
-pub fn parse_volume_mode(field: &str, mode: &str, v: &mut Violations) {
-    match mode {
-        "" | "Filesystem" => {}
-        "Block" => v.add(
-            field,
-            "Block volumes are not supported: petset volumes are directories",
-        ),
-        other => v.add(field, format!("must be Filesystem, got {other:?}")),
-    }
-}
 
 /// A checked volume from the API.
 #[derive(Debug, Clone)]

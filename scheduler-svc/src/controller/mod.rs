@@ -1,0 +1,236 @@
+//! The executor: reads the world, asks the planner what to do for each set,
+//! and carries it out through identity-svc, storage-svc and etcd writes
+//! guarded by the leader's term. What a pod is, which revision is current
+//! and which identity is an orphan are decided by pure functions
+//! ([`crate::rules`], [`crate::revisions`], [`crate::planner`]); this
+//! module only dispatches.
+//!
+//! # Layout
+//! - this file: the [`Controller`], its activation loop and the fence
+//!   margin;
+//! - [`backoff`]: per-set back-off after a postponed activation;
+//! - `set`: one set's pass (revisions, the plan's actions, status);
+//! - `create`: creating a pod (claims, placement, identity, the write);
+//! - `claims`: the set's claims in storage-svc (retention).
+//!
+//! # Expected flow (one activation)
+//! 1. Read every key in one range read ([`World::read`]).
+//! 2. For each set: make sure its template's revision exists, plan, and run
+//!    the actions in order, stopping at the first that cannot be done now.
+//! 3. Write each set's status when it changed.
+//!
+//! Activations run when anything under the root changes (an etcd watch) and
+//! every second (for `minReadySeconds` and retries); a set whose last
+//! activation was postponed waits out its [`Backoff`] first. Every action is
+//! idempotent against a re-read world: creating a pod that exists fails its
+//! create-if-absent compare, a deletion already asked for is not asked
+//! again.
+//!
+//! # Creating a pod
+//! Ensure its claims (storage-svc), choose a node where its bound volumes
+//! can be used, bind `WaitForFirstConsumer` claims for that node, issue its
+//! identity (identity-svc) to `<node>/<pod uid>` under the node's lease, and
+//! write the pod bound to the node. The identity lives on the node's lease:
+//! when the node is lost, the identity is free exactly when the node's agent
+//! has stopped (it stops its pods when it cannot renew the lease).
+
+pub mod backoff;
+mod claims;
+mod create;
+mod set;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::WatchOptions;
+use petset_core::error::{Error, Result};
+use petset_core::shutdown::CancellationToken;
+use petset_core::store::Store;
+use petset_proto::v1::identities_client::IdentitiesClient;
+use petset_proto::v1::storage_client::StorageClient;
+use tonic::transport::Channel;
+
+pub use self::backoff::Backoff;
+use self::set::SetPass;
+use crate::leader::Term;
+use crate::sets;
+use crate::world::World;
+
+/// `(namespace, pod, incarnation)` of a pod whose identity a lease expiry
+/// freed.
+type FreedPod = (String, String, u64);
+
+/// Runs the controller while this replica leads.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    store: Store,
+    backoff: Arc<Mutex<Backoff>>,
+    /// How long after a pod's identity was seen freed by a lease expiry
+    /// before the pod is replaced (see ARCHITECTURE, "The fence").
+    fence_margin: Duration,
+    /// When each `(ns, pod, incarnation)` was first seen so freed.
+    unheld: Arc<Mutex<BTreeMap<FreedPod, Instant>>>,
+    identities: IdentitiesClient<Channel>,
+    storage: StorageClient<Channel>,
+}
+
+/// The error a failed call to identity-svc or storage-svc stands for.
+fn status_to_error(status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::NotFound => Error::NotFound {
+            kind: "object",
+            name: status.message().to_string(),
+        },
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(status.message().to_string()),
+        tonic::Code::ResourceExhausted => Error::InsufficientCapacity(status.message().to_string()),
+        tonic::Code::InvalidArgument => Error::invalid("request", status.message().to_string()),
+        _ => Error::Unavailable {
+            message: status.message().to_string(),
+            source: Some(Box::new(status)),
+        },
+    }
+}
+
+impl Controller {
+    /// A controller over `store`, calling identity-svc and storage-svc on
+    /// these channels.
+    pub fn new(store: Store, identity: Channel, storage: Channel, fence_margin: Duration) -> Self {
+        Controller {
+            store,
+            backoff: Arc::default(),
+            fence_margin,
+            unheld: Arc::default(),
+            identities: IdentitiesClient::new(identity),
+            storage: StorageClient::new(storage),
+        }
+    }
+
+    /// Reconciles until `token` is cancelled.
+    pub async fn run(&self, term: Term, token: CancellationToken) {
+        let prefix = format!("{}/", self.store.root());
+        let mut client = self.store.client();
+        let watch = client
+            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+            .await;
+        let mut events = match watch {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the store; reconciling every second");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            match self.reconcile(&term).await {
+                Err(e) if e.is_deposed() => {
+                    tracing::warn!(error = %e, "deposed");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+                Ok(_) => {}
+            }
+            // A set whose back-off ends before the next tick is tried then.
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                message = async {
+                    match events.as_mut() {
+                        Some(stream) => stream.message().await.ok().flatten().is_some(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !message {
+                        events = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How much of the fence margin is left for a pod whose identity was
+    /// freed by a lease expiry (counted from the first time this replica
+    /// saw it freed); `None` once it has passed.
+    fn margin_left(&self, freed: &FreedPod) -> Option<Duration> {
+        let now = Instant::now();
+        let mut unheld = self.unheld.lock().expect("not poisoned");
+        // Forget pods long gone some other way.
+        unheld.retain(|_, seen| now.duration_since(*seen) < Duration::from_secs(600));
+        let seen = *unheld.entry(freed.clone()).or_insert(now);
+        self.fence_margin
+            .checked_sub(now.duration_since(seen))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Forgets a freed pod once it was removed.
+    fn forget_freed(&self, freed: &FreedPod) {
+        self.unheld.lock().expect("not poisoned").remove(freed);
+    }
+
+    /// When the next set's back-off ends, if any waits.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.backoff.lock().expect("not poisoned").next_wake()
+    }
+
+    /// One activation over every set. Answers how many actions were taken.
+    ///
+    /// A set whose last activation was postponed (an action that cannot be
+    /// done now, or a failure) waits out its back-off before it is tried
+    /// again, unless its own record changed: a claim that cannot bind is
+    /// retried after 250 ms, then twice as long each time up to 10 s, not
+    /// on every change anywhere in the store. The reason is logged when it
+    /// changes, not on every try.
+    pub async fn reconcile(&self, term: &Term) -> Result<usize> {
+        let world = World::read(&self.store).await?;
+        let mut taken = 0;
+        let now = Instant::now();
+        let nodes_epoch = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            world.node_leases.hash(&mut h);
+            h.finish()
+        };
+        for ((ns, name), set) in &world.sets {
+            let key = (ns.clone(), name.clone());
+            let version = (set.mod_revision, nodes_epoch);
+            if self
+                .backoff
+                .lock()
+                .expect("not poisoned")
+                .waiting(&key, version, now)
+            {
+                continue;
+            }
+            let outcome = match sets::check_replicas(set.value.spec.replicas.unwrap_or(1)) {
+                // Stored before the bound existed: left alone, not planned.
+                Err(rule) => Err(Error::invalid("stateful_set.spec.replicas", rule)),
+                Ok(()) => SetPass::new(self, term, &world, set).run().await,
+            };
+            let blocked = match outcome {
+                Ok((n, blocked)) => {
+                    taken += n;
+                    blocked
+                }
+                Err(e) if e.is_deposed() => return Err(e),
+                Err(e) => Some(e.to_string()),
+            };
+            let mut backoff = self.backoff.lock().expect("not poisoned");
+            match blocked {
+                Some(reason) => {
+                    if let Some(delay) = backoff.postponed(key, version, &reason, now) {
+                        tracing::info!(set = %format!("{ns}/{name}"), %reason, retry_in = ?delay, "set postponed");
+                    }
+                }
+                None => backoff.done(&key),
+            }
+        }
+        Ok(taken)
+    }
+}
