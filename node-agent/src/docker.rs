@@ -33,6 +33,7 @@ use futures::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::probes::Outcome;
+use crate::runtime::StartError;
 
 /// Label: the node a container runs for.
 pub const NODE_LABEL: &str = "petset.io/node";
@@ -197,7 +198,7 @@ impl DockerRuntime {
     }
 
     /// Creates and starts one container; its output goes to `log`.
-    pub async fn start(&self, spec: &ContainerSpec<'_>, log: &Path) -> Result<Started, String> {
+    pub async fn start(&self, spec: &ContainerSpec<'_>, log: &Path) -> Result<Started, StartError> {
         let mut labels = HashMap::from([
             (NODE_LABEL.to_string(), self.node.clone()),
             (POD_LABEL.to_string(), spec.pod.to_string()),
@@ -277,11 +278,11 @@ impl DockerRuntime {
                 bollard::errors::Error::DockerResponseServerError {
                     status_code: 404,
                     ..
-                } => format!(
+                } => StartError::ImageNeverPull(format!(
                     "image {:?} is not present on node {} and images are never pulled: build or load it there",
                     spec.image, self.node
-                ),
-                e => format!("cannot create the container: {e}"),
+                )),
+                e => StartError::Failed(format!("cannot create the container: {e}")),
             })?;
         let id = created.id;
         let attach = AttachContainerOptions {
@@ -294,7 +295,7 @@ impl DockerRuntime {
             Ok(attached) => attached.output,
             Err(e) => {
                 self.remove(&id).await;
-                return Err(format!("cannot attach to the container: {e}"));
+                return Err(format!("cannot attach to the container: {e}").into());
             }
         };
         let copy = tokio::spawn(async move {
@@ -309,7 +310,7 @@ impl DockerRuntime {
         if let Err(e) = self.client.start_container(&id, None).await {
             self.remove(&id).await;
             copy.abort();
-            return Err(format!("cannot start the container: {e}"));
+            return Err(format!("cannot start the container: {e}").into());
         }
         // The engine answers a wait when the container ends, however long
         // that is: no request timeout for this one (bollard's is 2 minutes).

@@ -395,15 +395,11 @@ async fn run_container(
         }
         let mut child: Running = match launch.start(&ctx.runtime, &log, restarts).await {
             Ok(child) => child,
-            Err(message) => {
-                tracing::warn!(container = %container.name, %message, "container did not start");
-                let reason = if message.contains("never pulled") {
-                    "ErrImageNeverPull"
-                } else {
-                    "StartError"
-                };
+            Err(failure) => {
+                tracing::warn!(container = %container.name, message = %failure, "container did not start");
+                let message = failure.to_string();
                 set(&|s| {
-                    s.reason = reason.into();
+                    s.reason = failure.reason().into();
                     s.message = message.clone();
                 });
                 backoff = next_backoff(backoff, ctx.backoff);

@@ -48,6 +48,40 @@ pub struct Fence {
     pub deadline: tokio::sync::watch::Receiver<u64>,
 }
 
+/// Why a container did not start; [`StartError::reason`] is the word
+/// Kubernetes puts in the container's waiting state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The image is not on the node, and images are never pulled.
+    ImageNeverPull(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl StartError {
+    /// The container state's reason (`ErrImageNeverPull`, `StartError`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StartError::ImageNeverPull(_) => "ErrImageNeverPull",
+            StartError::Failed(_) => "StartError",
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::ImageNeverPull(m) | StartError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        StartError::Failed(message)
+    }
+}
+
 /// A running container.
 #[derive(Debug)]
 pub enum Running {
@@ -162,7 +196,7 @@ impl Launch {
         runtime: &Runtime,
         log: &Path,
         restarts: i32,
-    ) -> Result<Running, String> {
+    ) -> Result<Running, StartError> {
         match runtime {
             Runtime::Process { fence, .. } => {
                 let shim = fence

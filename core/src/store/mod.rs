@@ -264,12 +264,16 @@ pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>> {
 
 /// Maps an etcd error to the API error: a missing lease is the caller's
 /// problem, everything else is etcd being out of reach.
+///
+/// Told apart by type, not by text: the only `NOT_FOUND` the KV and lease
+/// calls petset makes can answer is etcd's `ErrGRPCLeaseNotFound`, and
+/// etcd-client answers `LeaseKeepAliveError` when a keep-alive's first
+/// answer has no TTL left (its other cause, a closed request channel,
+/// cannot happen while the stream it was opened for is being read).
 pub fn etcd_error(error: etcd_client::Error) -> Error {
     let lease_missing = match &error {
-        etcd_client::Error::GRpcStatus(status) => {
-            status.message().contains("requested lease not found")
-        }
-        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::NotFound,
+        etcd_client::Error::LeaseKeepAliveError(_) => true,
         _ => false,
     };
     if lease_missing {
