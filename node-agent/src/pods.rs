@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::storage_client::StorageClient;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::probes::{self, Outcome};
@@ -36,6 +37,11 @@ use crate::runtime::{self, Launch, Running, Runtime};
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How long one scheduler replica has to take a status report.
 const REPORT_DEADLINE: Duration = Duration::from_secs(5);
+/// How often a pod's status is sent again though it did not change (the
+/// kubelet's status sync period), so that a report lost on the way heals.
+const STATUS_RESYNC: Duration = Duration::from_secs(10);
+/// How soon a refused or failed report is first sent again.
+const REPORT_RETRY: Duration = Duration::from_secs(1);
 /// Running this long resets the back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -204,16 +210,34 @@ pub async fn supervise(
             spec.termination_grace_period_seconds.unwrap_or(30),
         ));
     }
+    // Reported on each change, again every STATUS_RESYNC, and soon after
+    // a report that did not go through.
     let mut last: Option<Vec<ContainerState>> = None;
+    let resync = tokio::time::sleep(STATUS_RESYNC);
+    tokio::pin!(resync);
+    let mut due = false;
+    let mut retry = REPORT_RETRY;
     let how = loop {
         let now = state_rx.borrow_and_update().clone();
-        if last.as_ref() != Some(&now) {
-            reporter.report(&now).await;
+        if due || last.as_ref() != Some(&now) {
+            let delivered = reporter.report(&now).await;
             last = Some(now);
+            due = false;
+            let next = if delivered {
+                retry = REPORT_RETRY;
+                STATUS_RESYNC
+            } else {
+                // 1 s, doubled while it keeps failing, at most the period.
+                let next = retry;
+                retry = (retry * 2).min(STATUS_RESYNC);
+                next
+            };
+            resync.as_mut().reset(Instant::now() + next);
         }
         tokio::select! {
             _ = stop.changed() => break *stop.borrow(),
             changed = state_rx.changed() => if changed.is_err() { break None },
+            _ = &mut resync => due = true,
         }
     };
     let _ = container_stop_tx.send(how);
@@ -370,13 +394,14 @@ async fn run_container(
     grace: i64,
 ) {
     let grace = Duration::from_secs(grace.max(0) as u64);
-    let mut backoff = Duration::ZERO;
+    let mut backoff = RestartBackoff::new(ctx.backoff);
     let mut restarts = 0;
     let set = |f: &dyn Fn(&mut ContainerState)| state.send_modify(|s| f(&mut s[index]));
     loop {
-        if !backoff.is_zero() {
+        let wait = backoff.current();
+        if !wait.is_zero() {
             let message = format!(
-                "back-off {backoff:?} restarting failed container {}",
+                "back-off {wait:?} restarting failed container {}",
                 container.name
             );
             set(&|s| {
@@ -385,13 +410,12 @@ async fn run_container(
                 s.reason = "CrashLoopBackOff".into();
                 s.message = message.clone();
             });
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(&mut stop).await {
+                return;
             }
         }
-        if log.exists() {
-            let _ = std::fs::rename(&log, log.with_extension("previous.log"));
+        if tokio::fs::try_exists(&log).await.unwrap_or(false) {
+            let _ = tokio::fs::rename(&log, log.with_extension("previous.log")).await;
         }
         let mut child: Running = match launch.start(&ctx.runtime, &log, restarts).await {
             Ok(child) => child,
@@ -402,7 +426,7 @@ async fn run_container(
                     s.reason = failure.reason().into();
                     s.message = message.clone();
                 });
-                backoff = next_backoff(backoff, ctx.backoff);
+                backoff.failed_start();
                 continue;
             }
         };
@@ -462,19 +486,62 @@ async fn run_container(
             s.reason = "Error".into();
             s.message = message.clone();
         });
-        backoff = if started.elapsed() > BACKOFF_RESET || restarts == 1 {
-            Duration::ZERO
-        } else {
-            next_backoff(backoff, ctx.backoff)
-        };
+        backoff.ended(started.elapsed(), restarts);
     }
 }
 
-fn next_backoff(current: Duration, base: Duration) -> Duration {
-    if current.is_zero() {
-        base
-    } else {
-        (current * 2).min(MAX_BACKOFF)
+/// The kubelet's crash-loop back-off for one container: the first restart
+/// at once, then `base` (10 s by default), doubled on each further restart
+/// up to 5 minutes; a run longer than 10 minutes starts over.
+#[derive(Debug, Clone)]
+pub struct RestartBackoff {
+    base: Duration,
+    current: Duration,
+}
+
+impl RestartBackoff {
+    /// No wait yet; `base` is the first step.
+    pub fn new(base: Duration) -> Self {
+        RestartBackoff {
+            base,
+            current: Duration::ZERO,
+        }
+    }
+
+    /// The wait before the next start.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+
+    fn step(&mut self) {
+        self.current = if self.current.is_zero() {
+            self.base
+        } else {
+            (self.current * 2).min(MAX_BACKOFF)
+        };
+    }
+
+    /// The container could not be started.
+    pub fn failed_start(&mut self) {
+        self.step();
+    }
+
+    /// The container ended after running `ran`; it has been restarted
+    /// `restarts` times counting this one.
+    pub fn ended(&mut self, ran: Duration, restarts: i32) {
+        if ran > BACKOFF_RESET || restarts == 1 {
+            self.current = Duration::ZERO;
+        } else {
+            self.step();
+        }
+    }
+
+    /// Waits out the current back-off; `false` when `stop` changed first.
+    pub async fn wait(&self, stop: &mut watch::Receiver<Option<Stop>>) -> bool {
+        tokio::select! {
+            _ = stop.changed() => false,
+            _ = tokio::time::sleep(self.current) => true,
+        }
     }
 }
 
@@ -485,7 +552,7 @@ async fn probe_loop(
     probe: v1::Probe,
     ip: IpAddr,
     ports: Vec<v1::ContainerPort>,
-    exec: probes::Exec,
+    exec: runtime::Exec,
     verdicts: tokio::sync::mpsc::Sender<(&'static str, bool)>,
 ) {
     let period = Duration::from_secs(probe.period_seconds.max(1) as u64);
@@ -531,7 +598,9 @@ struct Reporter {
 }
 
 impl Reporter {
-    async fn report(&self, containers: &[ContainerState]) {
+    /// Reports to scheduler-svc (status) and identity-svc (endpoint);
+    /// answers whether both took it.
+    async fn report(&self, containers: &[ContainerState]) -> bool {
         let meta = self.pod.metadata.clone().unwrap_or_default();
         let running = !containers.is_empty() && containers.iter().all(|c| c.running);
         let ready = running && containers.iter().all(|c| c.ready);
@@ -559,8 +628,10 @@ impl Reporter {
                 async move { nodes.report_pod_status(request).await }
             })
             .await;
+        let mut delivered = true;
         if let Err(status) = reported {
             tracing::warn!(pod = %meta.name, %status, "status report refused");
+            delivered = false;
         }
         let spec = self.pod.spec.clone().unwrap_or_default();
         let ports = spec
@@ -587,6 +658,8 @@ impl Reporter {
         };
         if let Err(status) = self.ctx.identities.clone().report_endpoint(endpoint).await {
             tracing::warn!(pod = %meta.name, %status, "endpoint report refused");
+            delivered = false;
         }
+        delivered
     }
 }

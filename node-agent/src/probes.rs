@@ -11,6 +11,8 @@ use hyper_util::rt::TokioIo;
 use petset_proto::v1;
 use tokio::net::TcpStream;
 
+use crate::runtime::Exec;
+
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -18,15 +20,6 @@ pub enum Outcome {
     Success,
     /// It failed, and why.
     Failure(String),
-}
-
-/// Where an `exec` probe's command runs.
-#[derive(Debug, Clone)]
-pub enum Exec {
-    /// On the host, with the container's environment (process runtime).
-    Host(Vec<(String, String)>),
-    /// Inside the container (Docker runtime).
-    Docker(crate::docker::ExecTarget),
 }
 
 /// Resolves a probe's port: a number or a container port's name.
@@ -76,26 +69,10 @@ async fn attempt(
         };
     }
     if let Some(action) = &probe.exec {
-        let Some((program, args)) = action.command.split_first() else {
-            return Outcome::Failure("empty command".into());
-        };
-        let env = match exec {
-            Exec::Host(env) => env,
-            Exec::Docker(target) => return target.run(&action.command).await,
-        };
-        return match tokio::process::Command::new(program)
-            .args(args)
-            .envs(env.iter().cloned())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status()
-            .await
-        {
-            Ok(status) if status.success() => Outcome::Success,
-            Ok(status) => Outcome::Failure(format!("command exited with {status}")),
-            Err(e) => Outcome::Failure(format!("command could not run: {e}")),
+        return match exec.run(&action.command).await {
+            Ok(0) => Outcome::Success,
+            Ok(code) => Outcome::Failure(format!("command exited with exit status: {code}")),
+            Err(e) => Outcome::Failure(e.to_string()),
         };
     }
     Outcome::Failure("the probe has no handler".into())

@@ -1,5 +1,6 @@
 //! Running a container: as a process (the default runtime, here) or as a
-//! Docker container ([`crate::docker`]); [`Running`] is either.
+//! Docker container ([`docker`]); [`Running`] is either. Commands run in a
+//! running container ([`Exec`]: exec probes) belong here too.
 //!
 //! # Guarantees of the process runtime
 //! - With namespace isolation (root), each container runs in its own UTS and
@@ -17,10 +18,91 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use petset_core::serve::ServeError;
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
-use crate::docker::{self, DockerRuntime};
-use crate::probes::Exec;
+pub mod docker;
+
+use self::docker::DockerRuntime;
+use crate::{Config, Isolation, RuntimeKind};
+
+/// The runtime the settings ask for, and the node's address (from the
+/// settings, else the agent container's with the Docker runtime).
+pub async fn from_config(
+    config: &Config,
+    deadlines: watch::Receiver<u64>,
+) -> Result<(Runtime, Option<String>), ServeError> {
+    let mut node_address = config.node_address.clone();
+    let runtime = match config.runtime {
+        RuntimeKind::Process => {
+            let namespaces = match config.isolation {
+                Isolation::Namespaces if !is_root() => {
+                    return Err(ServeError::Config {
+                        setting: "isolation",
+                        reason: "namespaces need root; run as root or use --isolation none".into(),
+                    });
+                }
+                Isolation::Namespaces => true,
+                Isolation::None => false,
+                Isolation::Auto => is_root(),
+            };
+            if !namespaces {
+                tracing::warn!(
+                    "running pods without namespaces: hostnames are only in HOSTNAME, and pods with volumes are refused"
+                );
+            }
+            let fence = match crate::fence::shim_program() {
+                Some(shim) => {
+                    tracing::info!(shim = %shim.display(), "each container runs under petset-shim, which kills it at the node's lease deadline");
+                    Some(Fence {
+                        shim,
+                        deadline: deadlines,
+                    })
+                }
+                None => {
+                    tracing::warn!(
+                        "no petset-shim beside the agent or on PATH: containers are fenced by the agent alone, \
+                         so a hung agent would keep them running past its lease"
+                    );
+                    None
+                }
+            };
+            Runtime::Process { namespaces, fence }
+        }
+        RuntimeKind::Docker => {
+            let settings = docker::DockerSettings {
+                network: config.docker_network.clone(),
+                sandbox: config.docker_sandbox.clone(),
+                pod_dns: config.pod_dns.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+            };
+            let docker = docker::DockerRuntime::connect(&config.name, &settings)
+                .await
+                .map_err(|reason| ServeError::Config {
+                    setting: "runtime",
+                    reason,
+                })?;
+            match docker.remove_leftovers().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed containers an earlier run left"),
+                Err(e) => tracing::warn!(error = %e, "cannot list earlier containers"),
+            }
+            tracing::info!(network = %docker.network, sandbox = ?docker.sandbox, "pods run as Docker containers");
+            if docker.sandbox.is_none() {
+                tracing::warn!(
+                    "no sandbox container: pods will outlive this agent if it dies; its node lease still \
+                     fences their identities and volumes, but run the agent in a container to have them die with it"
+                );
+            }
+            if node_address.is_none() {
+                node_address = docker.sandbox_address.clone();
+            }
+            Runtime::Docker(Box::new(docker))
+        }
+    };
+    Ok((runtime, node_address))
+}
 
 /// Where the node's containers run.
 #[derive(Debug, Clone)]
@@ -79,6 +161,50 @@ impl std::fmt::Display for StartError {
 impl From<String> for StartError {
     fn from(message: String) -> Self {
         StartError::Failed(message)
+    }
+}
+
+/// Where a command in a container (an exec probe) runs.
+#[derive(Debug, Clone)]
+pub enum Exec {
+    /// On the host, with the container's environment (process runtime).
+    Host(Vec<(String, String)>),
+    /// Inside the container (Docker runtime).
+    Docker(docker::ExecTarget),
+}
+
+/// A command that could not be run at all (as opposed to one that ran and
+/// failed: that is its exit code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecError(pub String);
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command could not run: {}", self.0)
+    }
+}
+
+impl Exec {
+    /// Runs `command` (program and arguments) with no input and its output
+    /// discarded; answers its exit code (-1 when killed by a signal).
+    pub async fn run(&self, command: &[String]) -> Result<i64, ExecError> {
+        let Some((program, args)) = command.split_first() else {
+            return Err(ExecError("empty command".into()));
+        };
+        match self {
+            Exec::Docker(target) => target.run(command).await,
+            Exec::Host(env) => tokio::process::Command::new(program)
+                .args(args)
+                .envs(env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map(|status| status.code().map_or(-1, i64::from))
+                .map_err(|e| ExecError(e.to_string())),
+        }
     }
 }
 

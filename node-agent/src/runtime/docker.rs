@@ -32,8 +32,7 @@ use bollard::query_parameters::{
 use futures::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::probes::Outcome;
-use crate::runtime::StartError;
+use super::{ExecError, StartError};
 
 /// Label: the node a container runs for.
 pub const NODE_LABEL: &str = "petset.io/node";
@@ -429,32 +428,28 @@ pub struct ExecTarget {
 }
 
 impl ExecTarget {
-    /// Runs `command` in the container; success when it exits 0.
-    pub async fn run(&self, command: &[String]) -> Outcome {
+    /// Runs `command` in the container; answers its exit code.
+    pub async fn run(&self, command: &[String]) -> Result<i64, ExecError> {
         let create = bollard::exec::CreateExecOptions {
             cmd: Some(command.to_vec()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             ..Default::default()
         };
-        let exec = match self.client.create_exec(&self.id, create).await {
-            Ok(e) => e.id,
-            Err(e) => return Outcome::Failure(format!("command could not run: {e}")),
-        };
-        match self.client.start_exec(&exec, None).await {
-            Ok(bollard::exec::StartExecResults::Attached { mut output, .. }) => {
+        let failed = |e: bollard::errors::Error| ExecError(e.to_string());
+        let exec = self
+            .client
+            .create_exec(&self.id, create)
+            .await
+            .map_err(failed)?
+            .id;
+        match self.client.start_exec(&exec, None).await.map_err(failed)? {
+            bollard::exec::StartExecResults::Attached { mut output, .. } => {
                 while output.next().await.is_some() {}
             }
-            Ok(bollard::exec::StartExecResults::Detached) => {}
-            Err(e) => return Outcome::Failure(format!("command could not run: {e}")),
+            bollard::exec::StartExecResults::Detached => {}
         }
-        match self.client.inspect_exec(&exec).await {
-            Ok(r) if r.exit_code == Some(0) => Outcome::Success,
-            Ok(r) => Outcome::Failure(format!(
-                "command exited with exit status: {}",
-                r.exit_code.unwrap_or(-1)
-            )),
-            Err(e) => Outcome::Failure(format!("command could not run: {e}")),
-        }
+        let inspected = self.client.inspect_exec(&exec).await.map_err(failed)?;
+        Ok(inspected.exit_code.unwrap_or(-1))
     }
 }

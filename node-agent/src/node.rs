@@ -1,0 +1,278 @@
+//! The node loop: register the node under a lease, keep it, receive the
+//! node's pods from scheduler-svc and run or stop each; on losing the lease
+//! kill every pod, then register again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use petset_core::shutdown::CancellationToken;
+use petset_proto::v1;
+use petset_proto::v1::leases_client::LeasesClient;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::Config;
+use crate::addresses::Addresses;
+use crate::fence;
+use crate::keepalive::{self, deadline_after};
+use crate::pods::{self, Context, Stop};
+
+/// A pod this agent runs.
+pub(crate) struct Running {
+    incarnation: u64,
+    ip: Ipv4Addr,
+    stop: watch::Sender<Option<Stop>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct NodeLoop {
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) addresses: Addresses,
+    pub(crate) running: BTreeMap<String, Running>,
+    pub(crate) config: Config,
+    pub(crate) agent_endpoint: String,
+    pub(crate) node_address: String,
+    /// The node's fence deadline (see [`fence`]).
+    pub(crate) deadline: Arc<watch::Sender<u64>>,
+}
+
+impl NodeLoop {
+    async fn register(&self, shutdown: &CancellationToken) -> Option<(i64, i64)> {
+        let capacity: std::collections::HashMap<String, String> = [(
+            "pods".to_string(),
+            self.addresses.free().min(110).to_string(),
+        )]
+        .into();
+        loop {
+            let request = v1::RegisterNodeRequest {
+                name: self.config.name.clone(),
+                address: self.node_address.clone(),
+                capacity: capacity.clone(),
+                labels: self.config.labels.iter().cloned().collect(),
+                ttl_seconds: self.config.lease_ttl,
+                agent_endpoint: self.agent_endpoint.clone(),
+            };
+            let sent = fence::boottime_ns();
+            let registered = self
+                .ctx
+                .nodes
+                .call(Duration::from_secs(5), |mut nodes| {
+                    let request = request.clone();
+                    async move { nodes.register_node(request).await }
+                })
+                .await;
+            match registered {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    tracing::info!(node = %self.config.name, lease = r.lease_id, ttl = r.ttl_seconds, "node registered");
+                    let ttl = Duration::from_secs(r.ttl_seconds.max(2) as u64);
+                    self.deadline.send_replace(deadline_after(sent, ttl));
+                    return Some((r.lease_id, r.ttl_seconds));
+                }
+                Err(status) => tracing::warn!(%status, "cannot register the node; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    pub(crate) async fn run(
+        &mut self,
+        shutdown: CancellationToken,
+        mut leases: LeasesClient<Channel>,
+    ) {
+        while let Some((lease, ttl)) = self.register(&shutdown).await {
+            let lost = CancellationToken::new();
+            let keep = tokio::spawn(renew_lease(
+                self.ctx.clone(),
+                self.deadline.clone(),
+                self.config.name.clone(),
+                lease,
+                ttl,
+                lost.clone(),
+                shutdown.clone(),
+            ));
+            let mut stream = None;
+            loop {
+                if stream.is_none() {
+                    let request = v1::WatchNodePodsRequest {
+                        node_name: self.config.name.clone(),
+                    };
+                    match self.ctx.nodes.preferred().watch_node_pods(request).await {
+                        Ok(s) => stream = Some(s.into_inner()),
+                        Err(status) => {
+                            // The next try goes to another replica.
+                            self.ctx.nodes.rotate();
+                            tracing::warn!(%status, "cannot watch this node's pods; retrying")
+                        }
+                    }
+                }
+                let next = async {
+                    match stream.as_mut() {
+                        Some(s) => s.next().await,
+                        None => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            None
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = lost.cancelled() => break,
+                    event = next => match event {
+                        Some(Ok(event)) => self.reconcile(event.pods),
+                        // The replica went away: watch again (elsewhere
+                        // if it does not answer); the pods run on.
+                        _ => stream = None,
+                    },
+                }
+            }
+            keep.abort();
+            if shutdown.is_cancelled() {
+                self.stop_all(None).await;
+                let _ = leases
+                    .revoke_lease(v1::RevokeLeaseRequest { lease_id: lease })
+                    .await;
+                tracing::info!(node = %self.config.name, "node agent stopped; its lease revoked");
+                return;
+            }
+            tracing::error!(node = %self.config.name, lease, "node lease lost: killing every pod so that no identity runs twice");
+            self.stop_all(Some(Stop::Fence)).await;
+        }
+        self.stop_all(None).await;
+    }
+
+    fn reconcile(&mut self, pods: Vec<v1::Pod>) {
+        self.running.retain(|_, r| !r.task.is_finished());
+        let mut seen = BTreeSet::new();
+        for pod in pods {
+            let meta = pod.metadata.clone().unwrap_or_default();
+            let key = format!("{}/{}", meta.namespace, meta.name);
+            seen.insert(key.clone());
+            if pod.deletion_timestamp.is_some() {
+                let grace = Duration::from_secs(pod.deletion_grace_period_seconds.max(0) as u64);
+                match self.running.get(&key) {
+                    Some(r) if r.stop.borrow().is_none() => {
+                        let _ = r.stop.send(Some(Stop::Graceful(grace)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        // Not running here (the agent restarted): just give
+                        // the identity back.
+                        let mut identities = self.ctx.identities.clone();
+                        let release = v1::ReleaseIdentityRequest {
+                            r#ref: Some(v1::IdentityRef {
+                                namespace: meta.namespace.clone(),
+                                set_name: pod.set_name.clone(),
+                                ordinal: pod.ordinal,
+                            }),
+                            incarnation: pod.incarnation,
+                        };
+                        tokio::spawn(async move { identities.release_identity(release).await });
+                    }
+                }
+                continue;
+            }
+            if self
+                .running
+                .get(&key)
+                .is_some_and(|r| r.incarnation == pod.incarnation)
+            {
+                continue;
+            }
+            if let Some(old) = self.running.remove(&key) {
+                let _ = old.stop.send(Some(Stop::Graceful(Duration::ZERO)));
+                self.addresses.give_back(old.ip);
+            }
+            let Some(ip) = self.addresses.take() else {
+                tracing::error!(pod = %key, "no pod address left in the pod subnet");
+                continue;
+            };
+            let (stop, stopped) = watch::channel(None);
+            let task = tokio::spawn(pods::supervise(self.ctx.clone(), pod.clone(), ip, stopped));
+            self.running.insert(
+                key,
+                Running {
+                    incarnation: pod.incarnation,
+                    ip,
+                    stop,
+                    task,
+                },
+            );
+        }
+        // Pods that vanished (deleted by force): stop them too.
+        for (key, r) in &self.running {
+            if !seen.contains(key) && r.stop.borrow().is_none() {
+                let _ = r.stop.send(Some(Stop::Graceful(Duration::ZERO)));
+            }
+        }
+        let finished: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.task.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            if let Some(r) = self.running.remove(&key) {
+                self.addresses.give_back(r.ip);
+            }
+        }
+    }
+
+    /// Stops every pod (`how`: `None` for each pod's own grace) and waits.
+    async fn stop_all(&mut self, how: Option<Stop>) {
+        for r in self.running.values() {
+            let _ = r
+                .stop
+                .send(Some(how.unwrap_or(Stop::Graceful(Duration::from_secs(30)))));
+        }
+        for (_, r) in std::mem::take(&mut self.running) {
+            let _ = r.task.await;
+            self.addresses.give_back(r.ip);
+        }
+    }
+}
+
+/// Keeps the node's lease through whichever scheduler replica answers
+/// (each gets a share of the third of the TTL a renewal may take, so that
+/// all are tried before the lease is at risk); cancels `lost` when it is
+/// given up.
+async fn renew_lease(
+    ctx: Arc<Context>,
+    deadline: Arc<watch::Sender<u64>>,
+    name: String,
+    lease: i64,
+    ttl: i64,
+    lost: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let ttl = Duration::from_secs(ttl.max(2) as u64);
+    let attempt = (ttl / 3 / ctx.nodes.len() as u32).max(Duration::from_millis(200));
+    let renew = || {
+        let request = v1::KeepAliveNodeRequest {
+            name: name.clone(),
+            lease_id: lease,
+        };
+        let nodes = ctx.nodes.clone();
+        async move {
+            nodes
+                .call(attempt, |mut nodes| {
+                    let request = request.clone();
+                    async move { nodes.keep_alive_node(request).await }
+                })
+                .await
+                .map(|_| ())
+        }
+    };
+    if keepalive::keep_alive(ttl, &deadline, renew, &shutdown)
+        .await
+        .is_some()
+    {
+        lost.cancel();
+    }
+}
