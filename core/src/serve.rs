@@ -203,15 +203,77 @@ pub enum ServeError {
     Grpc(#[source] tonic::transport::Error),
 }
 
+/// How long any call from one petset service to another may take before
+/// the caller gives up (and the callee, told by `grpc-timeout`, stops).
+pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long connecting to another service may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often an idle connection is pinged (HTTP/2 PING), and how long the
+/// answer may take before the connection is dropped and made again.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What every call from one petset service to another carries: a deadline
+/// (`grpc-timeout`, [`CALL_DEADLINE`] unless the call set its own) and the
+/// caller's trace context (W3C `traceparent`), so that the callee's span
+/// joins the caller's trace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outgoing;
+
+impl tonic::service::Interceptor for Outgoing {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if !request.metadata().contains_key("grpc-timeout") {
+            request.set_timeout(CALL_DEADLINE);
+        }
+        inject_trace(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+/// Writes the current span's trace context into `metadata`; nothing when
+/// no trace is being recorded.
+pub fn inject_trace(metadata: &mut tonic::metadata::MetadataMap) {
+    struct Injector<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl opentelemetry::propagation::Injector for Injector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&context, &mut Injector(metadata));
+}
+
+/// A channel to another petset service, with [`Outgoing`] on every call.
+pub type ServiceChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Outgoing>;
+
 /// A channel to another petset service at `address` (a URL), connected on
-/// first use, small messages sent at once (TCP_NODELAY). `setting` names the
-/// flag the address came from, for the error.
-pub fn lazy_channel(
-    setting: &'static str,
-    address: &str,
-) -> Result<tonic::transport::Channel, ServeError> {
+/// first use: small messages sent at once (TCP_NODELAY), a connect timeout,
+/// HTTP/2 keep-alive pings (a peer that vanished without closing is noticed
+/// in seconds, not at the next call's deadline), and [`Outgoing`] on each
+/// call. `setting` names the flag the address came from, for the error.
+pub fn lazy_channel(setting: &'static str, address: &str) -> Result<ServiceChannel, ServeError> {
     tonic::transport::Endpoint::from_shared(address.to_string())
-        .map(|e| e.tcp_nodelay(true).connect_lazy())
+        .map(|e| {
+            let channel = e
+                .tcp_nodelay(true)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_DEADLINE)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            tonic::service::interceptor::InterceptedService::new(channel, Outgoing)
+        })
         .map_err(|e| ServeError::Config {
             setting,
             reason: format!("{address:?} is not a URL: {e}"),

@@ -1,7 +1,7 @@
 //! Logs, traces and metrics, set up the same way in every service.
 //!
 //! - Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as
-//!   text or JSON lines.
+//!   text (coloured only when stderr is a terminal) or JSON lines.
 //! - Traces: when an OTLP endpoint is configured (`--otlp-endpoint` or the
 //!   standard `OTEL_EXPORTER_OTLP_ENDPOINT`), spans are exported over OTLP/gRPC
 //!   and the W3C `traceparent` of each incoming request becomes the parent of
@@ -52,7 +52,12 @@ pub fn init(
         ),
         LogFormat::Text => (
             None,
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colours for a person at a terminal, none in log files.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            ),
         ),
     };
     let tracer_provider = match &args.otlp_endpoint {

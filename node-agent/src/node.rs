@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use petset_core::serve::ServiceChannel;
 use petset_core::shutdown::CancellationToken;
 use petset_proto::v1;
 use petset_proto::v1::leases_client::LeasesClient;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::Config;
 use crate::addresses::Addresses;
@@ -84,7 +84,7 @@ impl NodeLoop {
     pub(crate) async fn run(
         &mut self,
         shutdown: CancellationToken,
-        mut leases: LeasesClient<Channel>,
+        mut leases: LeasesClient<ServiceChannel>,
     ) {
         while let Some((lease, ttl)) = self.register(&shutdown).await {
             let lost = CancellationToken::new();

@@ -23,12 +23,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use petset_core::serve::ServiceChannel;
 use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::storage_client::StorageClient;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::probes::{self, Outcome};
 use crate::runtime::{self, Launch, Running, Runtime};
@@ -70,9 +70,9 @@ pub struct Context {
     /// scheduler-svc's replicas.
     pub nodes: crate::schedulers::Schedulers,
     /// identity-svc.
-    pub identities: IdentitiesClient<Channel>,
+    pub identities: IdentitiesClient<ServiceChannel>,
     /// storage-svc.
-    pub storage: StorageClient<Channel>,
+    pub storage: StorageClient<ServiceChannel>,
 }
 
 impl Context {

@@ -19,15 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use petset_core::serve::ServiceChannel;
 use petset_core::serve::{ServeError, lazy_channel};
 use petset_proto::v1::nodes_client::NodesClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// The replicas, by address (clones share which answered last).
 #[derive(Debug, Clone)]
 pub struct Schedulers {
-    clients: Vec<(String, NodesClient<Channel>)>,
+    clients: Vec<(String, NodesClient<ServiceChannel>)>,
     last_good: Arc<AtomicUsize>,
 }
 
@@ -68,7 +68,7 @@ impl Schedulers {
     /// The client of the replica that answered last (for streams, which
     /// the caller opens again elsewhere when they end; see [`Self::call`]
     /// for the rotation).
-    pub fn preferred(&self) -> NodesClient<Channel> {
+    pub fn preferred(&self) -> NodesClient<ServiceChannel> {
         let i = self.last_good.load(Ordering::Relaxed) % self.clients.len();
         self.clients[i].1.clone()
     }
@@ -84,7 +84,7 @@ impl Schedulers {
     /// Answers that answer, or the last failure when none did.
     pub async fn call<T, F, Fut>(&self, attempt: Duration, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(NodesClient<Channel>) -> Fut,
+        F: FnMut(NodesClient<ServiceChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let n = self.clients.len();

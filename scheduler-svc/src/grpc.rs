@@ -359,14 +359,13 @@ impl pods_server::Pods for PodsApi {
             )));
         }
         r.namespace = ns;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| {
-                Status::internal(format!(
-                    "node {node_name}'s agent address {endpoint:?}: {e}"
-                ))
-            })?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
+        let channel =
+            petset_core::serve::lazy_channel("agent_endpoint", &format!("http://{endpoint}"))
+                .map_err(|e| {
+                    Status::internal(format!(
+                        "node {node_name}'s agent address {endpoint:?}: {e}"
+                    ))
+                })?;
         v1::node_agent_client::NodeAgentClient::new(channel)
             .pod_logs(r)
             .await

@@ -14,11 +14,11 @@ use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
 use petset_core::identity::{self, IdentityRef};
+use petset_core::serve::ServiceChannel;
 use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
 use petset_core::validate;
 use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
-use tonic::transport::Channel;
 
 use crate::records::{Deletion, Keys, PodRecord, PodStatusRecord};
 
@@ -40,13 +40,13 @@ pub fn parse_name(namespace: &str, name: &str) -> Result<String> {
 #[derive(Debug, Clone)]
 pub struct Pods {
     store: Store,
-    identities: IdentitiesClient<Channel>,
+    identities: IdentitiesClient<ServiceChannel>,
 }
 
 impl Pods {
     /// Pods kept in `store`; forced deletions release identities through
     /// `identity`.
-    pub fn new(store: Store, identity: Channel) -> Self {
+    pub fn new(store: Store, identity: ServiceChannel) -> Self {
         Pods {
             store,
             identities: IdentitiesClient::new(identity),

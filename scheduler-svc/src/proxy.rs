@@ -31,11 +31,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use petset_core::error::Error;
+use petset_core::serve::ServiceChannel;
 use petset_core::validate;
 use petset_proto::v1;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::services_client::ServicesClient;
-use tonic::transport::Channel;
 
 use crate::pods::Pods;
 
@@ -58,8 +58,8 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Clone)]
 pub struct Proxy {
     pods: Pods,
-    services: ServicesClient<Channel>,
-    identities: IdentitiesClient<Channel>,
+    services: ServicesClient<ServiceChannel>,
+    identities: IdentitiesClient<ServiceChannel>,
     client: Client<HttpConnector, Body>,
     timeout: Duration,
     next: Arc<AtomicUsize>,
@@ -146,7 +146,7 @@ pub fn proxied_path(raw: &str, marker: &str) -> Result<String, String> {
 
 impl Proxy {
     /// A proxy over `pods`, finding services and peers through identity-svc.
-    pub fn new(pods: Pods, identity: Channel, timeout: Duration) -> Proxy {
+    pub fn new(pods: Pods, identity: ServiceChannel, timeout: Duration) -> Proxy {
         Proxy {
             pods,
             services: ServicesClient::new(identity.clone()),

@@ -45,11 +45,11 @@ use std::time::{Duration, Instant};
 
 use etcd_client::WatchOptions;
 use petset_core::error::{Error, Result};
+use petset_core::serve::ServiceChannel;
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::Store;
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::storage_client::StorageClient;
-use tonic::transport::Channel;
 
 pub use self::backoff::Backoff;
 use self::set::SetPass;
@@ -71,8 +71,8 @@ pub struct Controller {
     fence_margin: Duration,
     /// When each `(ns, pod, incarnation)` was first seen so freed.
     unheld: Arc<Mutex<BTreeMap<FreedPod, Instant>>>,
-    identities: IdentitiesClient<Channel>,
-    storage: StorageClient<Channel>,
+    identities: IdentitiesClient<ServiceChannel>,
+    storage: StorageClient<ServiceChannel>,
 }
 
 /// The error a failed call to identity-svc or storage-svc stands for.
@@ -95,7 +95,12 @@ fn status_to_error(status: tonic::Status) -> Error {
 impl Controller {
     /// A controller over `store`, calling identity-svc and storage-svc on
     /// these channels.
-    pub fn new(store: Store, identity: Channel, storage: Channel, fence_margin: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        identity: ServiceChannel,
+        storage: ServiceChannel,
+        fence_margin: Duration,
+    ) -> Self {
         Controller {
             store,
             backoff: Arc::default(),
