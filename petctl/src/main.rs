@@ -10,6 +10,7 @@
 //! - [`output`]: tables and Kubernetes-shaped JSON/YAML.
 //! - [`proxy`]: `petctl proxy`.
 
+mod kind;
 mod manifest;
 mod output;
 mod proxy;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 use petset_proto::v1;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::kind::Kind;
 use crate::manifest::Object;
 use crate::output::Format;
 
@@ -219,21 +221,6 @@ mod tonic_types_free {
     }
 }
 
-fn resource(name: &str) -> Result<&'static str> {
-    Ok(match name.to_lowercase().as_str() {
-        "sts" | "statefulset" | "statefulsets" | "statefulset.apps" => "statefulsets",
-        "po" | "pod" | "pods" => "pods",
-        "pvc" | "persistentvolumeclaim" | "persistentvolumeclaims" => "pvc",
-        "pv" | "persistentvolume" | "persistentvolumes" => "pv",
-        "no" | "node" | "nodes" => "nodes",
-        "svc" | "service" | "services" => "services",
-        "sc" | "storageclass" | "storageclasses" => "storageclasses",
-        other => bail!(
-            "the server doesn't have a resource type {other:?}; petset has statefulsets (sts), pods (po), pvc, pv, nodes, services (svc), storageclasses (sc)"
-        ),
-    })
-}
-
 async fn apply(c: &Clients, files: &[String]) -> Result<()> {
     let manifests = manifest::read(files)?;
     for w in &manifests.warnings {
@@ -297,7 +284,7 @@ fn default_namespace(meta: &mut Option<v1::ObjectMeta>, namespace: &str) {
 }
 
 async fn scale(c: &Clients, kind: &str, name: &str, replicas: i32) -> Result<()> {
-    if resource(kind)? != "statefulsets" {
+    if Kind::parse(kind)? != Kind::StatefulSet {
         bail!("petset scales statefulsets only: petctl scale sts {name} --replicas={replicas}");
     }
     c.sets()
@@ -320,8 +307,8 @@ async fn delete(
     grace: Option<i64>,
 ) -> Result<()> {
     let ns = c.namespace.clone();
-    match resource(kind)? {
-        "statefulsets" => {
+    match Kind::parse(kind)? {
+        Kind::StatefulSet => {
             c.sets()
                 .delete_stateful_set(v1::DeleteStatefulSetRequest {
                     namespace: ns,
@@ -331,7 +318,7 @@ async fn delete(
                 .map_err(explain)?;
             println!("statefulset.apps \"{name}\" deleted");
         }
-        "pods" => {
+        Kind::Pod => {
             let r = c
                 .pods()
                 .delete_pod(v1::DeletePodRequest {
@@ -348,7 +335,7 @@ async fn delete(
             }
             println!("pod \"{name}\" deleted");
         }
-        "pvc" => {
+        Kind::Claim => {
             c.storage()
                 .await?
                 .delete_claim(v1::DeleteClaimRequest {
@@ -359,7 +346,7 @@ async fn delete(
                 .map_err(explain)?;
             println!("persistentvolumeclaim \"{name}\" deleted");
         }
-        "pv" => {
+        Kind::Volume => {
             c.storage()
                 .await?
                 .delete_volume(v1::DeleteVolumeRequest { name: name.into() })
@@ -367,7 +354,7 @@ async fn delete(
                 .map_err(explain)?;
             println!("persistentvolume \"{name}\" deleted");
         }
-        "services" => {
+        Kind::Service => {
             c.services()
                 .await?
                 .delete_service(v1::DeleteServiceRequest {
@@ -378,7 +365,7 @@ async fn delete(
                 .map_err(explain)?;
             println!("service \"{name}\" deleted");
         }
-        "storageclasses" => {
+        Kind::StorageClass => {
             c.storage()
                 .await?
                 .delete_storage_class(v1::DeleteStorageClassRequest { name: name.into() })
@@ -386,7 +373,7 @@ async fn delete(
                 .map_err(explain)?;
             println!("storageclass.storage.k8s.io \"{name}\" deleted");
         }
-        _ => bail!("nodes leave when their agent stops; they cannot be deleted"),
+        Kind::Node => bail!("nodes leave when their agent stops; they cannot be deleted"),
     }
     Ok(())
 }
@@ -424,7 +411,7 @@ async fn logs(
 }
 
 async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64) -> Result<()> {
-    if resource(kind)? != "statefulsets" {
+    if Kind::parse(kind)? != Kind::StatefulSet {
         bail!("rollout works on statefulsets: petctl rollout {action} sts {name}");
     }
     match action {
@@ -494,16 +481,18 @@ async fn run(cli: Cli) -> Result<()> {
                 c.namespace.clone()
             };
             // `get sts,po`: one table after the other, as kubectl.
-            let kinds = r.split(',').map(resource).collect::<Result<Vec<_>>>()?;
+            let kinds = r.split(',').map(Kind::parse).collect::<Result<Vec<_>>>()?;
             for (i, kind) in kinds.iter().enumerate() {
                 if i > 0 && matches!(format, Format::Table | Format::Wide) {
                     println!();
                 }
-                output::get(&c, kind, name.as_deref(), &ns, format).await?;
+                output::get(&c, *kind, name.as_deref(), &ns, format).await?;
             }
             Ok(())
         }
-        Command::Describe { resource: r, name } => output::describe(&c, resource(&r)?, &name).await,
+        Command::Describe { resource: r, name } => {
+            output::describe(&c, Kind::parse(&r)?, &name).await
+        }
         Command::Scale {
             resource: r,
             name,

@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use petset_proto::v1;
 use serde_json::{Value, json};
 
+use crate::kind::Kind;
 use crate::{Clients, explain};
 
 /// How to print.
@@ -243,7 +244,7 @@ fn table(rows: Vec<Vec<String>>) {
 /// `get RESOURCE [NAME]`.
 pub async fn get(
     c: &Clients,
-    resource: &str,
+    resource: Kind,
     name: Option<&str>,
     ns: &str,
     format: Format,
@@ -251,7 +252,7 @@ pub async fn get(
     let wide = format == Format::Wide;
     let keep = |n: &str| name.is_none_or(|want| want == n);
     let (items, mut rows): (Vec<Value>, Vec<Vec<String>>) = match resource {
-        "statefulsets" => {
+        Kind::StatefulSet => {
             let sets = c
                 .sets()
                 .list_stateful_sets(v1::ListStatefulSetsRequest {
@@ -302,7 +303,7 @@ pub async fn get(
             }
             (sets.iter().map(set_json).collect(), rows)
         }
-        "pods" => {
+        Kind::Pod => {
             let pods = c
                 .pods()
                 .list_pods(v1::ListPodsRequest {
@@ -356,7 +357,7 @@ pub async fn get(
             }
             (pods.iter().map(pod_json).collect(), rows)
         }
-        "pvc" => {
+        Kind::Claim => {
             let claims = c
                 .storage()
                 .await?
@@ -400,7 +401,7 @@ pub async fn get(
             }
             (claims.iter().map(claim_json).collect(), rows)
         }
-        "pv" => {
+        Kind::Volume => {
             let volumes = c
                 .storage()
                 .await?
@@ -445,7 +446,7 @@ pub async fn get(
             }
             (volumes.iter().map(volume_json).collect(), rows)
         }
-        "nodes" => {
+        Kind::Node => {
             let nodes = c
                 .nodes()
                 .list_nodes(v1::ListNodesRequest {})
@@ -472,7 +473,7 @@ pub async fn get(
             }
             (nodes.iter().map(node_json).collect(), rows)
         }
-        "services" => {
+        Kind::Service => {
             let services = c
                 .services()
                 .await?
@@ -527,7 +528,7 @@ pub async fn get(
             }
             (services.iter().map(service_json).collect(), rows)
         }
-        "storageclasses" => {
+        Kind::StorageClass => {
             let classes = c
                 .storage()
                 .await?
@@ -573,7 +574,6 @@ pub async fn get(
             }
             (classes.iter().map(class_json).collect(), rows)
         }
-        other => bail!("cannot get {other}"),
     };
     if let Some(n) = name
         && items.is_empty()
@@ -626,9 +626,9 @@ fn short_modes(modes: &[String]) -> String {
 
 /// `describe RESOURCE NAME`: the object as YAML, then what explains its
 /// state.
-pub async fn describe(c: &Clients, resource: &str, name: &str) -> Result<()> {
+pub async fn describe(c: &Clients, resource: Kind, name: &str) -> Result<()> {
     get(c, resource, Some(name), &c.namespace, Format::Yaml).await?;
-    if resource == "statefulsets" {
+    if resource == Kind::StatefulSet {
         let pods = c
             .pods()
             .list_pods(v1::ListPodsRequest {
