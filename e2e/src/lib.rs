@@ -108,6 +108,24 @@ pub fn leads(addr: &str) -> bool {
     code == 200 && metrics.lines().any(|l| l == "petset_scheduler_leader 1")
 }
 
+/// The value of the sample `series` (a metric name with its labels as
+/// Prometheus prints them, e.g. `petset_pods{phase="Running"}`) on the
+/// `/metrics` page of the process at `addr` (host:port); `None` when the
+/// page or the series is missing.
+pub fn metric(addr: &str, series: &str) -> Option<f64> {
+    let (code, page) = http(&[&format!("http://{addr}/metrics")]);
+    if code != 200 {
+        return None;
+    }
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// A pod as `petctl get pods -o json` shows it: (name, ready, podIP, node,
 /// restarts).
 pub type PodRow = (String, bool, String, String, i64);

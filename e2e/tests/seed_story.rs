@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use petset_e2e::local::{LocalStack, Ports, Resume, Sampler, alive, process_of, processes};
-use petset_e2e::{Petctl, PodRow, binary, curl, free_port, http, run};
+use petset_e2e::{Petctl, PodRow, binary, curl, free_port, http, metric, run};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -142,6 +142,33 @@ fn the_seed_story_with_the_real_binaries() {
         pod_ip(&two, "kubia-1").3,
         "spread over nodes"
     );
+    // Metrics: the leader's controller, the etcd calls under it, and an
+    // agent's lease renewals.
+    let leader = stack
+        .local
+        .scheduler(wait_until("a leader", || stack.local.leader()));
+    let leader_metric =
+        |series: &str| metric(&leader, series).unwrap_or_else(|| panic!("{series} on {leader}"));
+    assert!(leader_metric("petset_pods{phase=\"Running\"}") >= 2.0);
+    assert!(leader_metric("petset_controller_reconcile_seconds_count") >= 1.0);
+    assert!(leader_metric("petset_controller_queue_depth") >= 0.0);
+    assert!(leader_metric("petset_etcd_request_duration_seconds_count{op=\"txn\"}") >= 1.0);
+    let agent_1 = format!("127.0.0.1:{}", stack.local.ports.agents);
+    wait_until("node-1 to report a lease renewal", || {
+        metric(
+            &agent_1,
+            "petset_agent_lease_renew_seconds_count{ok=\"true\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    // Logs written to files carry no terminal colour codes.
+    for log in ["scheduler-svc.log", "node-1.log", "storage-svc.log"] {
+        let text = std::fs::read_to_string(stack.local.dir.path().join(log)).unwrap();
+        assert!(
+            !text.is_empty() && !text.contains('\u{1b}'),
+            "{log} has ANSI codes"
+        );
+    }
     assert_eq!(
         stack.srv(),
         [
@@ -408,7 +435,8 @@ fn the_seed_story_with_the_real_binaries() {
     );
     assert!(seen.doubled().is_empty(), "two copies at once: {seen:?}");
     assert_eq!(seen.most.get("kubia-0"), Some(&1), "{seen:?}");
-    // Resumed, the agent finds its lease gone and registers again.
+    // Resumed, the agent finds its lease gone, counts the pods it fenced,
+    // and registers again.
     drop(resume);
     wait_until("the resumed node to be Ready again", || {
         let nodes = stack.petctl(&["get", "nodes"]);
@@ -417,6 +445,12 @@ fn the_seed_story_with_the_real_binaries() {
             .any(|l| l.starts_with(&format!("{} ", hung.3)) && l.contains(" Ready "))
             .then_some(())
     });
+    let hung_number: u16 = hung.3.trim_start_matches("node-").parse().unwrap();
+    let hung_agent = format!("127.0.0.1:{}", stack.local.ports.agents + hung_number - 1);
+    assert!(
+        metric(&hung_agent, "petset_agent_fence_kills_total").is_some_and(|n| n >= 1.0),
+        "the resumed agent counts the pods it fenced"
+    );
 
     let incarnations = |stack: &Stack| -> std::collections::BTreeMap<String, u64> {
         stack.json(&["get", "pods"])["items"]

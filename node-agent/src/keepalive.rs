@@ -62,7 +62,11 @@ where
         let sent = Instant::now();
         let sent_boottime = fence::boottime_ns();
         let renewed = match tokio::time::timeout(ttl / 3, renew()).await {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                metrics::histogram!("petset_agent_lease_renew_seconds", "ok" => if outcome.is_ok() { "true" } else { "false" })
+                    .record(sent.elapsed().as_secs_f64());
+                outcome
+            }
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                 "no answer within {:?}",
                 ttl / 3
@@ -75,6 +79,8 @@ where
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::error!(%status, "node lease expired");
+                metrics::counter!("petset_agent_lease_lost_total", "reason" => "expired")
+                    .increment(1);
                 return Some(Lost::Expired);
             }
             Err(status) => {
@@ -84,6 +90,8 @@ where
         let since = last_ok.elapsed();
         if since >= ttl * 2 / 3 {
             tracing::error!(?since, "lease not renewed for two thirds of its TTL");
+            metrics::counter!("petset_agent_lease_lost_total", "reason" => "not_renewed")
+                .increment(1);
             return Some(Lost::NotRenewed(since));
         }
     }

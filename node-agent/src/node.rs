@@ -142,6 +142,8 @@ impl NodeLoop {
                 return;
             }
             tracing::error!(node = %self.config.name, lease, "node lease lost: killing every pod so that no identity runs twice");
+            metrics::counter!("petset_agent_fence_kills_total")
+                .increment(self.running.len() as u64);
             self.stop_all(Some(Stop::Fence)).await;
         }
         self.stop_all(None).await;

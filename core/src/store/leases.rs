@@ -45,17 +45,20 @@ impl Store {
     /// Renews a lease once and answers the TTL it now has. `NotFound` when
     /// the lease has expired.
     pub async fn renew_lease(&self, id: i64) -> Result<i64> {
-        let (mut keeper, mut responses) = self
-            .client
-            .clone()
-            .lease_keep_alive(id)
-            .await
-            .map_err(etcd_error)?;
-        keeper.keep_alive().await.map_err(etcd_error)?;
-        match responses.message().await.map_err(etcd_error)? {
-            Some(response) if response.ttl() > 0 => Ok(response.ttl()),
-            _ => Err(lease_gone(id)),
-        }
+        super::timed("lease_renew", async {
+            let (mut keeper, mut responses) = self
+                .client
+                .clone()
+                .lease_keep_alive(id)
+                .await
+                .map_err(etcd_error)?;
+            keeper.keep_alive().await.map_err(etcd_error)?;
+            match responses.message().await.map_err(etcd_error)? {
+                Some(response) if response.ttl() > 0 => Ok(response.ttl()),
+                _ => Err(lease_gone(id)),
+            }
+        })
+        .await
     }
 
     /// Revokes a lease: every key attached to it is deleted at once.

@@ -128,10 +128,7 @@ impl Store {
 
     /// Reads one key and decodes its JSON value.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>> {
-        let response = self
-            .client
-            .clone()
-            .get(key, None)
+        let response = timed("get", self.client.clone().get(key, None))
             .await
             .map_err(etcd_error)?;
         response.kvs().first().map(decode).transpose()
@@ -173,12 +170,14 @@ impl Store {
     /// Reads every key under `prefix` undecoded, with the store revision
     /// the read saw.
     pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let mut response = self
-            .client
-            .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_error)?;
+        let mut response = timed(
+            "range",
+            self.client
+                .clone()
+                .get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(etcd_error)?;
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
         Ok((response.take_kvs(), revision))
     }
@@ -224,8 +223,20 @@ impl Store {
 
     /// Runs one transaction: every multi-key change goes through here.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.client.clone().txn(txn).await.map_err(etcd_error)
+        timed("txn", self.client.clone().txn(txn))
+            .await
+            .map_err(etcd_error)
     }
+}
+
+/// Runs one etcd request, recording its latency as
+/// `petset_etcd_request_duration_seconds{op}`.
+pub(crate) async fn timed<T>(op: &'static str, request: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let answer = request.await;
+    metrics::histogram!("petset_etcd_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    answer
 }
 
 /// Encodes a value as stored.

@@ -193,7 +193,9 @@ impl Controller {
     /// on every change anywhere in the store. The reason is logged when it
     /// changes, not on every try.
     pub async fn reconcile(&self, term: &Term) -> Result<usize> {
+        let started = Instant::now();
         let world = World::read(&self.store).await?;
+        record_pods_by_phase(&world);
         let mut taken = 0;
         let now = Instant::now();
         let nodes_epoch = {
@@ -202,22 +204,31 @@ impl Controller {
             world.node_leases.hash(&mut h);
             h.finish()
         };
-        for ((ns, name), set) in &world.sets {
+        let due: Vec<_> = {
+            let backoff = self.backoff.lock().expect("not poisoned");
+            world
+                .sets
+                .iter()
+                .filter(|((ns, name), set)| {
+                    let key = (ns.clone(), name.clone());
+                    !backoff.waiting(&key, (set.mod_revision, nodes_epoch), now)
+                })
+                .collect()
+        };
+        metrics::gauge!("petset_controller_queue_depth").set(due.len() as f64);
+        metrics::gauge!("petset_controller_sets_backing_off")
+            .set((world.sets.len() - due.len()) as f64);
+        for ((ns, name), set) in due {
             let key = (ns.clone(), name.clone());
             let version = (set.mod_revision, nodes_epoch);
-            if self
-                .backoff
-                .lock()
-                .expect("not poisoned")
-                .waiting(&key, version, now)
-            {
-                continue;
-            }
+            let pass = Instant::now();
             let outcome = match sets::check_replicas(set.value.spec.replicas.unwrap_or(1)) {
                 // Stored before the bound existed: left alone, not planned.
                 Err(rule) => Err(Error::invalid("stateful_set.spec.replicas", rule)),
                 Ok(()) => SetPass::new(self, term, &world, set).run().await,
             };
+            metrics::histogram!("petset_controller_set_pass_seconds")
+                .record(pass.elapsed().as_secs_f64());
             let blocked = match outcome {
                 Ok((n, blocked)) => {
                     taken += n;
@@ -236,6 +247,31 @@ impl Controller {
                 None => backoff.done(&key),
             }
         }
+        metrics::histogram!("petset_controller_reconcile_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("petset_controller_actions_total").increment(taken as u64);
         Ok(taken)
+    }
+}
+
+/// `petset_pods{phase}`: the pods of every set by the phase their current
+/// incarnation reported (Pending until it reported).
+fn record_pods_by_phase(world: &World) {
+    let mut phases: std::collections::BTreeMap<&str, usize> =
+        ["Pending", "Running", "Succeeded", "Failed"]
+            .into_iter()
+            .map(|p| (p, 0))
+            .collect();
+    for pod in world.pods.values() {
+        let phase = match crate::rules::pod_view(world, &pod.value).phase {
+            crate::planner::Phase::Pending => "Pending",
+            crate::planner::Phase::Running => "Running",
+            crate::planner::Phase::Succeeded => "Succeeded",
+            crate::planner::Phase::Failed => "Failed",
+        };
+        *phases.entry(phase).or_default() += 1;
+    }
+    for (phase, count) in phases {
+        metrics::gauge!("petset_pods", "phase" => phase).set(count as f64);
     }
 }
