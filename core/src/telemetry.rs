@@ -100,6 +100,29 @@ pub fn init(
     Ok(TelemetryGuard { tracer_provider })
 }
 
+/// The W3C `traceparent` of the current span, when a trace is being
+/// recorded: stored with an object (a set, a pod) so that the work it
+/// causes later, in this process or another, joins the same trace.
+pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the remote span named by `traceparent` (as
+/// [`current_traceparent`] wrote it); a malformed one is ignored.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(parent);
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

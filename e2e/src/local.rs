@@ -47,6 +47,12 @@ impl LocalStack {
     /// `a.b.n.x`) and node leases of `lease_ttl` seconds; waits until it
     /// has applied the example and is ready.
     pub fn start(pod_net: &str, lease_ttl: u64) -> LocalStack {
+        Self::start_with(pod_net, lease_ttl, &[])
+    }
+
+    /// [`LocalStack::start`] with more environment for scripts/up and
+    /// everything it starts.
+    pub fn start_with(pod_net: &str, lease_ttl: u64, env: &[(&str, &str)]) -> LocalStack {
         let dir = tempfile::tempdir().expect("a folder");
         // etcd's peer port is its client port + 1, and the three agents
         // take three ports from the one given: each range is reserved whole.
@@ -73,6 +79,7 @@ impl LocalStack {
             // Pod addresses of their own, so a stack a person runs beside
             // the test does not collide with it.
             .env("PETSET_POD_NET", pod_net)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -29,6 +29,7 @@ use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::storage_client::StorageClient;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::probes::{self, Outcome};
 use crate::runtime::{self, Launch, Running, Runtime};
@@ -124,6 +125,18 @@ pub async fn supervise(
         ip: IpAddr::V4(ip),
     };
     tracing::info!(pod = %format!("{ns}/{name}"), incarnation = pod.incarnation, %ip, "starting pod");
+    // Starting the pod, until it first reports every container running, is
+    // one span in the trace of the controller action that made it.
+    let mut starting = Some(
+        tracing::info_span!("start pod", pod = %format!("{ns}/{name}"), incarnation = pod.incarnation),
+    );
+    if let Some(span) = &starting
+        && !pod.trace_parent.is_empty()
+    {
+        petset_core::telemetry::set_remote_parent(span, &pod.trace_parent);
+    }
+    let in_start =
+        |starting: &Option<tracing::Span>| starting.clone().unwrap_or_else(tracing::Span::none);
     let dir = ctx.pod_dir(&ns, &name);
     let _ = std::fs::create_dir_all(&dir);
 
@@ -140,7 +153,13 @@ pub async fn supervise(
                     identity: Some(identity.clone()),
                     incarnation: pod.incarnation,
                 };
-                match ctx.storage.clone().attach_volume(request).await {
+                match ctx
+                    .storage
+                    .clone()
+                    .attach_volume(request)
+                    .instrument(in_start(&starting))
+                    .await
+                {
                     Ok(a) => {
                         volumes.insert(volume.name.clone(), PathBuf::from(a.into_inner().path));
                         attached.push(claim.claim_name.clone());
@@ -157,6 +176,7 @@ pub async fn supervise(
                                 ),
                                 ..Default::default()
                             }])
+                            .instrument(in_start(&starting))
                             .await;
                         tokio::select! {
                             _ = stop.changed() => {
@@ -220,7 +240,11 @@ pub async fn supervise(
     let how = loop {
         let now = state_rx.borrow_and_update().clone();
         if due || last.as_ref() != Some(&now) {
-            let delivered = reporter.report(&now).await;
+            let delivered = reporter.report(&now).instrument(in_start(&starting)).await;
+            if delivered && !now.is_empty() && now.iter().all(|c| c.running) {
+                // Running: the start is over (the span ends here).
+                starting = None;
+            }
             last = Some(now);
             due = false;
             let next = if delivered {

@@ -9,17 +9,20 @@
 //! - [`manifest`]: reading Kubernetes YAML.
 //! - [`output`]: tables and Kubernetes-shaped JSON/YAML.
 //! - [`proxy`]: `petctl proxy`.
+//! - [`trace`]: the command's trace (OTLP), carried by every request.
 
 mod kind;
 mod manifest;
 mod output;
 mod proxy;
+mod trace;
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use petset_proto::v1;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::kind::Kind;
@@ -114,16 +117,36 @@ enum Command {
     },
 }
 
+/// A channel to a petset service, each request carrying the trace.
+type Traced = InterceptedService<Channel, trace::Traceparent>;
+
+impl Command {
+    /// The command's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Apply { .. } => "apply",
+            Command::Get { .. } => "get",
+            Command::Describe { .. } => "describe",
+            Command::Scale { .. } => "scale",
+            Command::Delete { .. } => "delete",
+            Command::Logs { .. } => "logs",
+            Command::Proxy { .. } => "proxy",
+            Command::Rollout { .. } => "rollout",
+        }
+    }
+}
+
 /// Connections to the services.
 struct Clients {
     scheduler: Channel,
+    trace: trace::Traceparent,
     namespace: String,
     /// Where the other services are, asked once per run.
     info: tokio::sync::OnceCell<v1::ClusterInfo>,
 }
 
 impl Clients {
-    fn connect(server: &str, namespace: &str) -> Result<Clients> {
+    fn connect(server: &str, namespace: &str, trace: trace::Traceparent) -> Result<Clients> {
         let url = if server.contains("://") {
             server.to_string()
         } else {
@@ -135,49 +158,56 @@ impl Clients {
             .connect_lazy();
         Ok(Clients {
             scheduler,
+            trace,
             namespace: namespace.to_string(),
             info: tokio::sync::OnceCell::new(),
         })
     }
 
-    fn sets(&self) -> v1::stateful_sets_client::StatefulSetsClient<Channel> {
-        v1::stateful_sets_client::StatefulSetsClient::new(self.scheduler.clone())
+    /// `channel` with the trace on every request.
+    fn traced(&self, channel: Channel) -> Traced {
+        InterceptedService::new(channel, self.trace.clone())
     }
 
-    fn pods(&self) -> v1::pods_client::PodsClient<Channel> {
-        v1::pods_client::PodsClient::new(self.scheduler.clone())
+    fn sets(&self) -> v1::stateful_sets_client::StatefulSetsClient<Traced> {
+        v1::stateful_sets_client::StatefulSetsClient::new(self.traced(self.scheduler.clone()))
     }
 
-    fn nodes(&self) -> v1::nodes_client::NodesClient<Channel> {
-        v1::nodes_client::NodesClient::new(self.scheduler.clone())
+    fn pods(&self) -> v1::pods_client::PodsClient<Traced> {
+        v1::pods_client::PodsClient::new(self.traced(self.scheduler.clone()))
+    }
+
+    fn nodes(&self) -> v1::nodes_client::NodesClient<Traced> {
+        v1::nodes_client::NodesClient::new(self.traced(self.scheduler.clone()))
     }
 
     async fn info(&self) -> Result<v1::ClusterInfo> {
         let info = self
             .info
             .get_or_try_init(|| async {
-                let answer = v1::cluster_client::ClusterClient::new(self.scheduler.clone())
-                    .get_cluster_info(v1::GetClusterInfoRequest {})
-                    .await
-                    .map_err(explain)?;
+                let answer =
+                    v1::cluster_client::ClusterClient::new(self.traced(self.scheduler.clone()))
+                        .get_cluster_info(v1::GetClusterInfoRequest {})
+                        .await
+                        .map_err(explain)?;
                 Ok::<_, anyhow::Error>(answer.into_inner())
             })
             .await?;
         Ok(info.clone())
     }
 
-    async fn storage(&self) -> Result<v1::storage_client::StorageClient<Channel>> {
+    async fn storage(&self) -> Result<v1::storage_client::StorageClient<Traced>> {
         let info = self.info().await?;
-        Ok(v1::storage_client::StorageClient::new(
+        Ok(v1::storage_client::StorageClient::new(self.traced(
             Endpoint::from_shared(info.storage_addr)?.connect_lazy(),
-        ))
+        )))
     }
 
-    async fn services(&self) -> Result<v1::services_client::ServicesClient<Channel>> {
+    async fn services(&self) -> Result<v1::services_client::ServicesClient<Traced>> {
         let info = self.info().await?;
-        Ok(v1::services_client::ServicesClient::new(
+        Ok(v1::services_client::ServicesClient::new(self.traced(
             Endpoint::from_shared(info.identity_addr)?.connect_lazy(),
-        ))
+        )))
     }
 }
 
@@ -464,8 +494,8 @@ async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let c = Clients::connect(&cli.server, &cli.namespace)?;
+async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
+    let c = Clients::connect(&cli.server, &cli.namespace, trace)?;
     match cli.command {
         Command::Apply { files } => apply(&c, &files).await,
         Command::Get {
@@ -529,7 +559,10 @@ async fn run(cli: Cli) -> Result<()> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    let trace = trace::Trace::start(cli.command.name());
+    let outcome = run(cli, trace.interceptor()).await;
+    trace.end(outcome.is_err());
+    if let Err(e) = outcome {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

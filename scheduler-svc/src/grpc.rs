@@ -86,6 +86,7 @@ fn pod_to_api((pod, status): &PodWithStatus) -> v1::Pod {
         revision: p.revision.clone(),
         deletion_timestamp: p.deletion.as_ref().map(|d| d.requested_at.into()),
         deletion_grace_period_seconds: p.deletion.as_ref().map(|d| d.grace_seconds).unwrap_or(0),
+        trace_parent: p.trace.clone().unwrap_or_default(),
     }
 }
 

@@ -35,6 +35,11 @@ pub struct SetRecord {
     /// then the set.
     #[serde(default)]
     pub deleting: Option<SystemTime>,
+    /// The W3C `traceparent` of the request that last changed the spec
+    /// (apply or scale), when it was traced: the controller's actions for
+    /// the change join that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A set's status, as the leader computed it.
@@ -106,6 +111,10 @@ pub struct PodRecord {
     /// Set once deletion was asked for.
     #[serde(default)]
     pub deletion: Option<Deletion>,
+    /// The W3C `traceparent` of the controller action that made it, when
+    /// traced: its agent's start of the pod joins that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A pod's status, as its node agent reported it.

@@ -96,6 +96,7 @@ pub fn pod_for(
         revision: revision.to_string(),
         spec,
         deletion: None,
+        trace: None,
     }
 }
 
@@ -285,6 +286,7 @@ mod tests {
                 ..Default::default()
             },
             deleting: None,
+            trace: None,
         }
     }
 

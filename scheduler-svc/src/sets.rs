@@ -578,6 +578,7 @@ impl Sets {
                 meta: input.meta.create(),
                 spec: input.spec,
                 deleting: None,
+                trace: petset_core::telemetry::current_traceparent(),
             },
             Some(current) => {
                 input
@@ -595,6 +596,7 @@ impl Sets {
                 let mut record = current.value.clone();
                 if record.spec != input.spec {
                     record.meta.generation += 1;
+                    record.trace = petset_core::telemetry::current_traceparent();
                 }
                 record.spec = input.spec;
                 record.meta.labels = input.meta.labels.clone();

@@ -100,7 +100,7 @@ impl SetPass<'_> {
         .create();
         let holder = format!("{node}/{}", meta.uid);
         let incarnation = self.issue(ordinal, &holder, lease).await?;
-        let record = rules::pod_for(
+        let mut record = rules::pod_for(
             &self.set.value,
             ordinal,
             revision,
@@ -111,6 +111,7 @@ impl SetPass<'_> {
                 incarnation,
             },
         );
+        record.trace = petset_core::telemetry::current_traceparent();
         let k = self.keys().pod(ns, &name);
         let written = self
             .term

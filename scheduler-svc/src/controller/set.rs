@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use petset_core::error::{Error, Result};
 use petset_core::store::{Compare, CompareOp, DeleteOptions, TxnOp, Versioned, encode};
 use petset_proto::v1;
+use tracing::Instrument as _;
 
 use super::Controller;
 use crate::leader::Term;
@@ -105,17 +106,27 @@ impl<'a> SetPass<'a> {
                     .find(|p| p.value.meta.name == name)
                     .expect("planned from these pods")
             };
-            let outcome = match action {
-                Action::CreatePod { ordinal, revision } => {
-                    self.create_pod(*ordinal, revision).await
+            // Each action is a span in the trace of the change that
+            // caused it (the set's stored traceparent), when traced.
+            let span = tracing::info_span!("statefulset action", set = %format!("{}/{}", self.ns, self.name), ?action);
+            if let Some(parent) = &self.set.value.trace {
+                petset_core::telemetry::set_remote_parent(&span, parent);
+            }
+            let outcome = async {
+                match action {
+                    Action::CreatePod { ordinal, revision } => {
+                        self.create_pod(*ordinal, revision).await
+                    }
+                    Action::DeletePod { name, reason } => {
+                        self.delete_pod(pod(name), *reason, now).await
+                    }
+                    Action::RemovePod { name, reason } => self.remove_pod(pod(name), *reason).await,
+                    Action::DeleteClaims { ordinal } => self.delete_claims(*ordinal).await,
+                    Action::RemoveSet => self.remove_set().await,
                 }
-                Action::DeletePod { name, reason } => {
-                    self.delete_pod(pod(name), *reason, now).await
-                }
-                Action::RemovePod { name, reason } => self.remove_pod(pod(name), *reason).await,
-                Action::DeleteClaims { ordinal } => self.delete_claims(*ordinal).await,
-                Action::RemoveSet => self.remove_set().await,
-            };
+            }
+            .instrument(span)
+            .await;
             match outcome {
                 Ok(()) => taken += 1,
                 Err(e) if e.is_deposed() => return Err(e),
