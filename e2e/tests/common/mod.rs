@@ -1,4 +1,6 @@
-//! A real petset control plane for the scheduler's integration tests:
+//! A real petset control plane for scheduler-svc's integration tests
+//! (`tests/scheduler.rs`; here, not in scheduler-svc, which talks to the
+//! other services only over gRPC and does not link them):
 //! identity-svc and storage-svc in this process, scheduler-svc replicas as
 //! real processes (so one can be killed), all on one test etcd under a key
 //! root of their own; and node agents simulated by the test.
@@ -7,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,7 +151,7 @@ impl Cluster {
             }
             None => self.data.path().join(format!("{id}.log")),
         };
-        let process = Tied::spawn(Path::new(env!("CARGO_BIN_EXE_scheduler-svc")), &args, &log);
+        let process = Tied::spawn(&petset_e2e::binary("scheduler-svc"), &args, &log);
         self.schedulers.push(Scheduler {
             addr,
             id: id.into(),
