@@ -335,7 +335,32 @@ fn the_seed_story_with_the_real_binaries() {
         "{}",
         stack.petctl(&["get", "sc"])
     );
-    stack.client().apply("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: cache}\nspec:\n  serviceName: cache\n  replicas: 1\n  selector: {matchLabels: {app: cache}}\n  template:\n    metadata: {labels: {app: cache}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        volumeMounts: [{name: data, mountPath: /data}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec:\n      accessModes: [ReadWriteOnce]\n      resources: {requests: {storage: 1Mi}}\n");
+    let cache = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: cache}\nspec:\n  serviceName: cache\n  replicas: 1\n  selector: {matchLabels: {app: cache}}\n  template:\n    metadata: {labels: {app: cache}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        command: [sleep, '3600']\n        volumeMounts: [{name: data, mountPath: /data}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec:\n      accessModes: [ReadWriteOnce]\n      resources: {requests: {storage: 1Mi}}\n";
+    // A reader that went away (`petctl get po | head`): petctl stops
+    // quietly, as kubectl does, rather than panicking on the closed pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(binary("petctl"))
+        .args(["--server", &stack.server, "get", "pods", "-o", "wide"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl's words: created, then unchanged when applied again as is.
+    assert_eq!(
+        stack.client().apply(cache).trim(),
+        "statefulset.apps/cache created"
+    );
+    assert_eq!(
+        stack.client().apply(cache).trim(),
+        "statefulset.apps/cache unchanged"
+    );
     wait_until("cache-0 Ready on a claim of the default class", || {
         let ready = find_pod(&stack.pods(), "cache-0")?.1;
         ready.then_some(())

@@ -138,7 +138,7 @@ pub async fn supervise(
     let in_start =
         |starting: &Option<tracing::Span>| starting.clone().unwrap_or_else(tracing::Span::none);
     let dir = ctx.pod_dir(&ns, &name);
-    let _ = std::fs::create_dir_all(&dir);
+    let _ = tokio::fs::create_dir_all(&dir).await;
 
     // Volumes: claims attached through storage-svc, emptyDirs made here.
     let mut volumes: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -191,7 +191,7 @@ pub async fn supervise(
             }
         } else if volume.empty_dir.is_some() {
             let path = dir.join("volumes").join(&volume.name);
-            let _ = std::fs::create_dir_all(&path);
+            let _ = tokio::fs::create_dir_all(&path).await;
             volumes.insert(volume.name.clone(), path);
         }
     }

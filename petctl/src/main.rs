@@ -11,6 +11,28 @@
 //! - [`proxy`]: `petctl proxy`.
 //! - [`trace`]: the command's trace (OTLP), carried by every request.
 
+/// `println!` that ends petctl quietly when whoever reads its output went
+/// away (`petctl get po | head`), as kubectl does, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::output_failed(e);
+        }
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = write!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            $crate::output_failed(e);
+        }
+    }};
+}
+
 mod kind;
 mod manifest;
 mod output;
@@ -136,6 +158,16 @@ impl Command {
     }
 }
 
+/// Standard output failed: a closed pipe ends petctl at once and quietly
+/// (its reader has all it wanted); anything else is reported.
+fn output_failed(e: std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing the output: {e}");
+    std::process::exit(1);
+}
+
 /// Connections to the services.
 struct Clients {
     scheduler: Channel,
@@ -258,52 +290,138 @@ async fn apply(c: &Clients, files: &[String]) -> Result<()> {
     }
     for object in manifests.objects {
         let what = object.describe();
-        match object {
+        // As kubectl: read the object first; absent means created, the
+        // same version after the apply means unchanged.
+        let (before, after) = match object {
             Object::StatefulSet(mut s) => {
                 default_namespace(&mut s.metadata, &c.namespace);
-                c.sets()
+                let (ns, name) = ns_name(&s.metadata);
+                let before = version_of(
+                    c.sets()
+                        .get_stateful_set(v1::GetStatefulSetRequest {
+                            namespace: ns,
+                            name,
+                        })
+                        .await
+                        .map(|r| r.into_inner().metadata),
+                )?;
+                let after = c
+                    .sets()
                     .apply_stateful_set(v1::ApplyStatefulSetRequest {
                         stateful_set: Some(*s),
                     })
                     .await
-                    .map_err(explain)?;
+                    .map_err(explain)?
+                    .into_inner()
+                    .metadata;
+                (before, after)
             }
             Object::Service(mut s) => {
                 default_namespace(&mut s.metadata, &c.namespace);
-                c.services()
-                    .await?
+                let (namespace, name) = ns_name(&s.metadata);
+                let mut services = c.services().await?;
+                let before = version_of(
+                    services
+                        .get_service(v1::GetServiceRequest { namespace, name })
+                        .await
+                        .map(|r| r.into_inner().metadata),
+                )?;
+                let after = services
                     .apply_service(v1::ApplyServiceRequest { service: Some(s) })
                     .await
-                    .map_err(explain)?;
+                    .map_err(explain)?
+                    .into_inner()
+                    .metadata;
+                (before, after)
             }
             Object::Claim(mut claim) => {
                 default_namespace(&mut claim.metadata, &c.namespace);
-                c.storage()
-                    .await?
+                let (namespace, name) = ns_name(&claim.metadata);
+                let mut storage = c.storage().await?;
+                let before = version_of(
+                    storage
+                        .get_claim(v1::GetClaimRequest { namespace, name })
+                        .await
+                        .map(|r| r.into_inner().metadata),
+                )?;
+                let after = storage
                     .apply_claim(v1::ApplyClaimRequest { claim: Some(claim) })
                     .await
-                    .map_err(explain)?;
+                    .map_err(explain)?
+                    .into_inner()
+                    .metadata;
+                (before, after)
             }
             Object::Volume(v) => {
-                c.storage()
-                    .await?
+                let (_, name) = ns_name(&v.metadata);
+                let mut storage = c.storage().await?;
+                let before = version_of(
+                    storage
+                        .get_volume(v1::GetVolumeRequest { name })
+                        .await
+                        .map(|r| r.into_inner().metadata),
+                )?;
+                let after = storage
                     .apply_volume(v1::ApplyVolumeRequest { volume: Some(v) })
                     .await
-                    .map_err(explain)?;
+                    .map_err(explain)?
+                    .into_inner()
+                    .metadata;
+                (before, after)
             }
             Object::StorageClass(sc) => {
-                c.storage()
-                    .await?
+                let (_, name) = ns_name(&sc.metadata);
+                let mut storage = c.storage().await?;
+                let before = version_of(
+                    storage
+                        .get_storage_class(v1::GetStorageClassRequest { name })
+                        .await
+                        .map(|r| r.into_inner().metadata),
+                )?;
+                let after = storage
                     .apply_storage_class(v1::ApplyStorageClassRequest {
                         storage_class: Some(sc),
                     })
                     .await
-                    .map_err(explain)?;
+                    .map_err(explain)?
+                    .into_inner()
+                    .metadata;
+                (before, after)
             }
-        }
-        println!("{what} configured");
+        };
+        let after = after.map(|m| m.resource_version).unwrap_or_default();
+        out!("{what} {}", applied(before.as_deref(), &after));
     }
     Ok(())
+}
+
+/// kubectl's word for an apply: `created` when the object did not exist
+/// (`before` is `None`), `unchanged` when its version did not move.
+fn applied(before: Option<&str>, after: &str) -> &'static str {
+    match before {
+        None => "created",
+        Some(version) if version == after => "unchanged",
+        Some(_) => "configured",
+    }
+}
+
+/// The version a read found: `None` when the object does not exist.
+fn version_of(
+    read: std::result::Result<Option<v1::ObjectMeta>, tonic::Status>,
+) -> Result<Option<String>> {
+    match read {
+        Ok(meta) => Ok(Some(meta.map(|m| m.resource_version).unwrap_or_default())),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        // A name the read refuses: the apply says why, about its fields.
+        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(None),
+        Err(status) => Err(explain(status)),
+    }
+}
+
+/// `(namespace, name)` of an object's metadata.
+fn ns_name(meta: &Option<v1::ObjectMeta>) -> (String, String) {
+    let meta = meta.clone().unwrap_or_default();
+    (meta.namespace, meta.name)
 }
 
 fn default_namespace(meta: &mut Option<v1::ObjectMeta>, namespace: &str) {
@@ -325,7 +443,7 @@ async fn scale(c: &Clients, kind: &str, name: &str, replicas: i32) -> Result<()>
         })
         .await
         .map_err(explain)?;
-    println!("statefulset.apps/{name} scaled");
+    out!("statefulset.apps/{name} scaled");
     Ok(())
 }
 
@@ -346,7 +464,7 @@ async fn delete(
                 })
                 .await
                 .map_err(explain)?;
-            println!("statefulset.apps \"{name}\" deleted");
+            out!("statefulset.apps \"{name}\" deleted");
         }
         Kind::Pod => {
             let r = c
@@ -363,7 +481,7 @@ async fn delete(
             if !r.warning.is_empty() {
                 eprintln!("Warning: {}", r.warning);
             }
-            println!("pod \"{name}\" deleted");
+            out!("pod \"{name}\" deleted");
         }
         Kind::Claim => {
             c.storage()
@@ -374,7 +492,7 @@ async fn delete(
                 })
                 .await
                 .map_err(explain)?;
-            println!("persistentvolumeclaim \"{name}\" deleted");
+            out!("persistentvolumeclaim \"{name}\" deleted");
         }
         Kind::Volume => {
             c.storage()
@@ -382,7 +500,7 @@ async fn delete(
                 .delete_volume(v1::DeleteVolumeRequest { name: name.into() })
                 .await
                 .map_err(explain)?;
-            println!("persistentvolume \"{name}\" deleted");
+            out!("persistentvolume \"{name}\" deleted");
         }
         Kind::Service => {
             c.services()
@@ -393,7 +511,7 @@ async fn delete(
                 })
                 .await
                 .map_err(explain)?;
-            println!("service \"{name}\" deleted");
+            out!("service \"{name}\" deleted");
         }
         Kind::StorageClass => {
             c.storage()
@@ -401,7 +519,7 @@ async fn delete(
                 .delete_storage_class(v1::DeleteStorageClassRequest { name: name.into() })
                 .await
                 .map_err(explain)?;
-            println!("storageclass.storage.k8s.io \"{name}\" deleted");
+            out!("storageclass.storage.k8s.io \"{name}\" deleted");
         }
         Kind::Node => bail!("nodes leave when their agent stops; they cannot be deleted"),
     }
@@ -436,7 +554,7 @@ async fn logs(
             }
         })?
         .into_inner();
-    print!("{}", r.text);
+    out_raw!("{}", r.text);
     Ok(())
 }
 
@@ -456,10 +574,10 @@ async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64
                 .map_err(explain)?
                 .into_inner()
                 .revisions;
-            println!("statefulset.apps/{name}");
-            println!("{:<10}NAME", "REVISION");
+            out!("statefulset.apps/{name}");
+            out!("{:<10}NAME", "REVISION");
             for r in revisions {
-                println!("{:<10}{}", r.revision, r.name);
+                out!("{:<10}{}", r.revision, r.name);
             }
             Ok(())
         }
@@ -478,7 +596,7 @@ async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64
                     .into_inner();
                 let (line, done) = output::rollout_line(&set);
                 if line != last {
-                    println!("{line}");
+                    out!("{line}");
                     last = line;
                 }
                 if done {
@@ -514,7 +632,7 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
             let kinds = r.split(',').map(Kind::parse).collect::<Result<Vec<_>>>()?;
             for (i, kind) in kinds.iter().enumerate() {
                 if i > 0 && matches!(format, Format::Table | Format::Wide) {
-                    println!();
+                    out!();
                 }
                 output::get(&c, *kind, name.as_deref(), &ns, format).await?;
             }
@@ -565,5 +683,25 @@ async fn main() {
     if let Err(e) = outcome {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_says_what_kubectl_says() {
+        assert_eq!(applied(None, "7"), "created");
+        assert_eq!(applied(Some("7"), "7"), "unchanged");
+        assert_eq!(applied(Some("7"), "9"), "configured");
+        let missing = version_of(Err(tonic::Status::not_found("statefulset default/x")));
+        assert_eq!(missing.unwrap(), None);
+        let found = version_of(Ok(Some(v1::ObjectMeta {
+            resource_version: "12".into(),
+            ..Default::default()
+        })));
+        assert_eq!(found.unwrap().as_deref(), Some("12"));
+        assert!(version_of(Err(tonic::Status::unavailable("down"))).is_err());
     }
 }

@@ -237,7 +237,7 @@ fn table(rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, cell)| format!("{cell:<width$}", width = widths[i]))
             .collect();
-        println!("{}", line.join("   ").trim_end());
+        out!("{}", line.join("   ").trim_end());
     }
 }
 
@@ -588,9 +588,9 @@ pub async fn get(
                 json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}})
             };
             if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                out!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print!("{}", serde_saphyr::to_string(&value)?);
+                out_raw!("{}", serde_saphyr::to_string(&value)?);
             }
         }
         Format::Table | Format::Wide => {
@@ -640,10 +640,10 @@ pub async fn describe(c: &Clients, resource: Kind, name: &str) -> Result<()> {
             .map_err(explain)?
             .into_inner()
             .pods;
-        println!("Pods:");
+        out!("Pods:");
         for p in pods {
             let st = p.status.unwrap_or_default();
-            println!(
+            out!(
                 "  {:<16} {:<10} ready={:<5} node={} ip={} incarnation={} revision={}{}",
                 name_of(&p.metadata),
                 st.phase,

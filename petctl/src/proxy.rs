@@ -53,7 +53,7 @@ pub async fn serve(listen: SocketAddr, api: String) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}: pick another port with --port"))?;
-    println!("Starting to serve on {}", listener.local_addr()?);
+    out!("Starting to serve on {}", listener.local_addr()?);
     let upstream = Upstream {
         api,
         client: Client::builder(TokioExecutor::new()).build_http(),
