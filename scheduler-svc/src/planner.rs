@@ -24,6 +24,13 @@
 //! - RollingUpdate replaces pods not at the update revision, from the
 //!   highest ordinal down to the partition, one at a time, each after the
 //!   one above is healthy. OnDelete replaces a pod only when it is deleted.
+//! - With `maxUnavailable` above 1 (Kubernetes' `MaxUnavailableStatefulSet`,
+//!   KEP-961, without its feature gate): every replica in the range that is
+//!   missing, terminating or not available counts as unavailable, and as
+//!   many outdated pods as the rest of the budget allows are deleted at
+//!   once, highest ordinal first, down to the partition. Under OrderedReady
+//!   this starts only once every replica is healthy, and the replacements
+//!   are still created one at a time, in order.
 //! - Beyond Kubernetes (kubernetes#67250): a replica stuck unhealthy at an
 //!   outdated revision in the update range is replaced, so that reverting a
 //!   broken template repairs the set without a person deleting pods.
@@ -74,6 +81,9 @@ pub struct SetView {
     pub delete_claims_when_deleted: bool,
     /// Deletion of the set was asked for.
     pub deleting: bool,
+    /// How many replicas a rolling update may leave unavailable at once
+    /// (`maxUnavailable`, resolved against `replicas`; 1 when unset).
+    pub max_unavailable: u32,
     /// The revision pods below the partition keep.
     pub current_revision: String,
     /// The revision of the spec's template.
@@ -335,6 +345,10 @@ pub fn plan(
         && !set.deleting
     {
         let first = start.saturating_add(partition);
+        if set.max_unavailable > 1 {
+            update_in_batches(set, &live, start..end, first, &healthy, &mut actions);
+            return actions;
+        }
         for ordinal in (first..end).rev() {
             let Some(pod) = live.get(&ordinal) else {
                 continue;
@@ -357,6 +371,64 @@ pub fn plan(
         }
     }
     actions
+}
+
+/// `maxUnavailable` above 1: deletes as many outdated pods, highest
+/// ordinal first and down to `first`, as leave at most `max_unavailable`
+/// replicas of `range` unavailable (missing, terminating, being deleted by
+/// this plan, or not healthy).
+fn update_in_batches(
+    set: &SetView,
+    live: &BTreeMap<u32, &PodView>,
+    range: std::ops::Range<u32>,
+    first: u32,
+    healthy: &dyn Fn(&PodView) -> bool,
+    actions: &mut Vec<Action>,
+) {
+    let deleting: BTreeSet<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let unavailable = range
+        .clone()
+        .filter(|o| {
+            live.get(o)
+                .is_none_or(|p| !healthy(p) || deleting.contains(&p.name))
+        })
+        .count() as u32;
+    let mut budget = set.max_unavailable.saturating_sub(unavailable);
+    for ordinal in (first..range.end).rev() {
+        if budget == 0 {
+            return;
+        }
+        let Some(pod) = live.get(&ordinal) else {
+            continue;
+        };
+        if pod.revision != set.update_revision && !pod.terminating && !deleting.contains(&pod.name)
+        {
+            actions.push(Action::DeletePod {
+                name: pod.name.clone(),
+                reason: Reason::Update,
+            });
+            budget -= 1;
+        }
+    }
+}
+
+/// `maxUnavailable` as a number of replicas: a count, or a percentage of
+/// `replicas` rounded up (as Kubernetes); at least 1, and 1 when unset.
+pub fn resolve_max_unavailable(text: &str, replicas: u32) -> u32 {
+    let n = match text.strip_suffix('%') {
+        Some(percent) => percent
+            .parse::<u64>()
+            .map(|p| (p * u64::from(replicas)).div_ceil(100))
+            .unwrap_or(1),
+        None => text.parse::<u64>().unwrap_or(1),
+    };
+    n.clamp(1, u64::from(u32::MAX)) as u32
 }
 
 fn in_update_range(set: &SetView, ordinal: u32) -> bool {

@@ -146,6 +146,7 @@ pub fn set_view(set: &SetRecord, current_revision: &str, update_revision: &str) 
         .clone()
         .unwrap_or_default();
     let strategy = spec.update_strategy.clone().unwrap_or_default();
+    let rolling = strategy.rolling_update.clone();
     SetView {
         replicas: spec.replicas.unwrap_or(1).max(0) as u32,
         start: spec.ordinals.as_ref().map(|o| o.start).unwrap_or(0).max(0) as u32,
@@ -158,16 +159,20 @@ pub fn set_view(set: &SetRecord, current_revision: &str, update_revision: &str) 
             Strategy::OnDelete
         } else {
             Strategy::RollingUpdate {
-                partition: strategy
-                    .rolling_update
-                    .map(|r| r.partition.max(0) as u32)
-                    .unwrap_or(0),
+                partition: rolling.map(|r| r.partition.max(0) as u32).unwrap_or(0),
             }
         },
         min_ready: Duration::from_secs(spec.min_ready_seconds.max(0) as u64),
         delete_claims_when_scaled: retention.when_scaled == "Delete",
         delete_claims_when_deleted: retention.when_deleted == "Delete",
         deleting: set.deleting.is_some(),
+        max_unavailable: crate::planner::resolve_max_unavailable(
+            strategy
+                .rolling_update
+                .as_ref()
+                .map_or("", |r| r.max_unavailable.as_str()),
+            spec.replicas.unwrap_or(1).max(0) as u32,
+        ),
         current_revision: current_revision.to_string(),
         update_revision: update_revision.to_string(),
     }

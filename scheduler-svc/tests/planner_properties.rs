@@ -58,6 +58,20 @@ impl Model {
         scaled: bool,
         deleted: bool,
     ) -> Model {
+        Model::with_budget(policy, strategy, start, replicas, scaled, deleted, 1)
+    }
+
+    /// A model whose rolling updates may leave `max_unavailable` replicas
+    /// unavailable.
+    fn with_budget(
+        policy: Policy,
+        strategy: Update,
+        start: u32,
+        replicas: u32,
+        scaled: bool,
+        deleted: bool,
+        max_unavailable: u32,
+    ) -> Model {
         Model {
             set: SetView {
                 replicas,
@@ -68,6 +82,7 @@ impl Model {
                 delete_claims_when_scaled: scaled,
                 delete_claims_when_deleted: deleted,
                 deleting: false,
+                max_unavailable,
                 current_revision: "r0".into(),
                 update_revision: "r0".into(),
             },
@@ -99,6 +114,35 @@ impl Model {
         let actions = plan(&self.set, &views, &self.claims, self.now);
         let monotonic = self.set.policy == Policy::OrderedReady;
         let range = self.range();
+        // Pods this plan deletes for an update while they are healthy.
+        let updated_now: BTreeSet<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeletePod {
+                    name,
+                    reason: Reason::Update,
+                } => Some(name.clone()),
+                _ => None,
+            })
+            .filter(|name| {
+                self.pods
+                    .values()
+                    .any(|p| p.name == *name && self.healthy(p))
+            })
+            .collect();
+        if self.set.max_unavailable > 1 && !updated_now.is_empty() {
+            // maxUnavailable: what was unavailable in the range, plus the
+            // healthy pods this plan takes down, stays within the budget.
+            let unavailable = range
+                .clone()
+                .filter(|o| self.pods.get(o).is_none_or(|p| !self.healthy(p)))
+                .count();
+            assert!(
+                unavailable + updated_now.len() <= self.set.max_unavailable as usize,
+                "{unavailable} unavailable and {updated_now:?} taken down, over maxUnavailable {}",
+                self.set.max_unavailable
+            );
+        }
         for action in &actions {
             match action {
                 Action::CreatePod { ordinal, revision } => {
@@ -186,7 +230,12 @@ impl Model {
                         }
                     }
                     if monotonic && *reason == Reason::Update && self.healthy(&pod) {
-                        for p in self.pods.values().filter(|p| p.name != *name) {
+                        // The other pods of the same batch were healthy too.
+                        for p in self
+                            .pods
+                            .values()
+                            .filter(|p| p.name != *name && !updated_now.contains(&p.name))
+                        {
                             assert!(
                                 self.healthy(p),
                                 "OrderedReady updated {name} while {} is unhealthy",
@@ -239,8 +288,9 @@ impl Model {
                 .map(|p| p.name.as_str())
                 .collect();
             assert!(
-                not_ready.len() <= 1,
-                "OrderedReady has two pods not Ready: {not_ready:?}"
+                not_ready.len() <= self.set.max_unavailable.max(1) as usize,
+                "OrderedReady has more pods not Ready than maxUnavailable {}: {not_ready:?}",
+                self.set.max_unavailable
             );
         }
         // Time passes between activations.
@@ -348,9 +398,10 @@ proptest! {
         replicas in 0u32..5,
         scaled in any::<bool>(),
         deleted in any::<bool>(),
+        max_unavailable in prop_oneof![Just(1u32), 2u32..5],
         steps in prop::collection::vec(step(), 1..80),
     ) {
-        let mut model = Model::new(policy, strategy, start, replicas, scaled, deleted);
+        let mut model = Model::with_budget(policy, strategy, start, replicas, scaled, deleted, max_unavailable);
         for step in &steps {
             model.apply(step);
             if model.removed {
@@ -382,16 +433,18 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
-    /// Without failures, OrderedReady never has two pods not Ready, whatever
-    /// is applied (scale up and down, template changes).
+    /// Without failures, OrderedReady never has more pods not Ready than
+    /// maxUnavailable (one when unset), whatever is applied (scale up and
+    /// down, template changes).
     #[test]
-    fn ordered_ready_never_has_two_pods_not_ready(
+    fn ordered_ready_never_has_more_pods_not_ready_than_max_unavailable(
         strategy in strategy(),
         start in 0u32..3,
         replicas in 0u32..5,
+        max_unavailable in prop_oneof![Just(1u32), 2u32..5],
         steps in prop::collection::vec(step(), 1..80),
     ) {
-        let mut model = Model::new(Policy::OrderedReady, strategy, start, replicas, false, false);
+        let mut model = Model::with_budget(Policy::OrderedReady, strategy, start, replicas, false, false, max_unavailable);
         model.failures = false;
         for step in steps.iter().filter(|s| !matches!(s, Step::Fail(_) | Step::NodeLoss(_))) {
             model.apply(step);
@@ -401,6 +454,55 @@ proptest! {
         }
         model.settle();
     }
+}
+
+#[test]
+fn max_unavailable_takes_down_a_batch_highest_first_and_waits_for_it() {
+    for policy in [Policy::OrderedReady, Policy::Parallel] {
+        let mut model = Model::with_budget(
+            policy,
+            Update::RollingUpdate { partition: 1 },
+            0,
+            5,
+            false,
+            false,
+            2,
+        );
+        model.settle();
+        model.apply(&Step::TemplateChange);
+        let views: Vec<PodView> = model.pods.values().cloned().collect();
+        let first = plan(&model.set, &views, &model.claims, model.now);
+        assert_eq!(
+            first,
+            [4, 3].map(|o| Action::DeletePod {
+                name: format!("web-{o}"),
+                reason: Reason::Update
+            }),
+            "{policy:?}"
+        );
+        model.reconcile();
+        // Nothing more while the two are down.
+        let views: Vec<PodView> = model.pods.values().cloned().collect();
+        assert!(
+            plan(&model.set, &views, &model.claims, model.now)
+                .iter()
+                .all(|a| !matches!(a, Action::DeletePod { .. })),
+            "{policy:?}"
+        );
+        model.settle();
+        let revisions: Vec<&str> = model.pods.values().map(|p| p.revision.as_str()).collect();
+        assert_eq!(revisions, ["r0", "r1", "r1", "r1", "r1"], "{policy:?}");
+    }
+}
+
+#[test]
+fn max_unavailable_resolves_counts_and_percentages_as_kubernetes() {
+    use scheduler_svc::planner::resolve_max_unavailable as resolve;
+    assert_eq!(resolve("", 10), 1);
+    assert_eq!(resolve("3", 10), 3);
+    assert_eq!(resolve("25%", 10), 3, "rounded up");
+    assert_eq!(resolve("100%", 7), 7);
+    assert_eq!(resolve("1%", 0), 1, "at least one");
 }
 
 #[test]
