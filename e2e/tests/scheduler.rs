@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -337,6 +337,102 @@ async fn a_rolling_update_with_a_partition_updates_from_the_top_down_to_it() {
     assert_eq!(
         revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
         [1, 2]
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_unavailable_replaces_pods_two_at_a_time_from_the_top() {
+    let cluster = Cluster::start("max-unavailable", 1).await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let _n1 = Agent::start(&cluster, 0, "n1", log.clone()).await;
+    let (mut sets, pods) = (cluster.sets(0), cluster.pods(0));
+    let mut set = kubia(4);
+    let spec = set.spec.as_mut().unwrap();
+    spec.volume_claim_templates.clear();
+    let container = &mut spec
+        .template
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0];
+    container.volume_mounts.clear();
+    spec.update_strategy = Some(v1::UpdateStrategy {
+        r#type: "RollingUpdate".into(),
+        rolling_update: Some(v1::RollingUpdateStrategy {
+            partition: 0,
+            max_unavailable: "50%".into(),
+        }),
+    });
+    sets.apply_stateful_set(v1::ApplyStatefulSetRequest {
+        stateful_set: Some(set.clone()),
+    })
+    .await
+    .unwrap();
+    let before = wait_ready(
+        &pods,
+        "kubia",
+        &["kubia-0", "kubia-1", "kubia-2", "kubia-3"],
+    )
+    .await;
+    let old_revision = before["kubia-0"].revision.clone();
+    log.lock().unwrap().clear();
+
+    set.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .image = "luksa/kubia-pet:v2".into();
+    sets.apply_stateful_set(v1::ApplyStatefulSetRequest {
+        stateful_set: Some(set),
+    })
+    .await
+    .unwrap();
+    wait_status(&sets, "the rollout to finish", |s| {
+        s.update_revision != old_revision
+            && s.updated_replicas == 4
+            && s.ready_replicas == 4
+            && s.current_revision == s.update_revision
+    })
+    .await;
+    // 50% of 4: kubia-3 and kubia-2 go down together (both stopped before
+    // either runs again), then kubia-1 and kubia-0.
+    let events: Vec<(bool, String)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            Seen::Stopped { pod, .. } => (false, pod.clone()),
+            Seen::Started { pod, .. } => (true, pod.clone()),
+        })
+        .collect();
+    let batch = |from: usize| -> BTreeSet<String> {
+        events[from..from + 2]
+            .iter()
+            .map(|(started, pod)| {
+                assert!(!started, "a pod started inside a batch: {events:?}");
+                pod.clone()
+            })
+            .collect()
+    };
+    assert_eq!(events.len(), 8, "{events:?}");
+    assert_eq!(
+        batch(0),
+        ["kubia-2", "kubia-3"].map(String::from).into(),
+        "{events:?}"
+    );
+    assert_eq!(
+        batch(4),
+        ["kubia-0", "kubia-1"].map(String::from).into(),
+        "{events:?}"
     );
     cluster.stop().await;
 }
