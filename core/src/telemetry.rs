@@ -1,6 +1,7 @@
 //! Logs, traces and metrics, set up the same way in every service.
 //!
-//! - Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as
+//! - Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`, with
+//!   no line per DNS query: [`DEFAULT_LOG_FILTER`]), as
 //!   text (coloured only when stderr is a terminal) or JSON lines.
 //! - Traces: when an OTLP endpoint is configured (`--otlp-endpoint` or the
 //!   standard `OTEL_EXPORTER_OTLP_ENDPOINT`), spans are exported over OTLP/gRPC
@@ -17,6 +18,10 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{LogFormat, TelemetryArgs};
+
+/// The log filter when `RUST_LOG` is not set: INFO, but no line per DNS
+/// query.
+pub const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn,hickory_proto=warn";
 
 /// Keeps the trace exporter running; flushes it when dropped.
 #[derive(Debug)]
@@ -40,7 +45,11 @@ pub fn init(
     service_name: &'static str,
     args: &TelemetryArgs,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // hickory-server logs two INFO lines per DNS query; a busy zone would
+    // fill the disk (RUST_LOG=info,hickory_server=info brings them back,
+    // as an opt-in query log).
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let (json, text) = match args.log_format {
         LogFormat::Json => (
             Some(

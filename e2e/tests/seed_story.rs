@@ -176,6 +176,13 @@ fn the_seed_story_with_the_real_binaries() {
             "kubia-1.kubia.default.svc.cluster.local."
         ]
     );
+    // DNS answers every query without a log line per query.
+    let identity_log =
+        std::fs::read_to_string(stack.local.dir.path().join("identity-svc.log")).unwrap();
+    assert!(
+        !identity_log.contains("query:"),
+        "identity-svc logs each DNS query"
+    );
 
     // POST to kubia-1: the data goes to its own volume.
     let ip1 = pod_ip(&two, "kubia-1").2.clone();
