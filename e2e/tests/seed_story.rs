@@ -381,6 +381,23 @@ fn the_seed_story_with_the_real_binaries() {
         (&Value::from("standard"), &Value::from("Bound")),
         "{claim}"
     );
+    // Label selectors, as kubectl's `-l`.
+    let names = |selector: &str| -> Vec<String> {
+        stack.json(&["get", "pods", "-l", selector])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("app=cache"), ["cache-0"]);
+    assert_eq!(names("app in (cache, nothing)"), ["cache-0"]);
+    let kubia = names("app!=cache,statefulset.kubernetes.io/pod-name");
+    assert!(
+        !kubia.is_empty() && kubia.iter().all(|n| n.starts_with("kubia-")),
+        "{kubia:?}"
+    );
+    assert!(names("!app").is_empty());
     stack.petctl(&["delete", "sts", "cache"]);
     wait_until("cache-0 to be gone", || {
         (!stack.pods().iter().any(|p| p.0 == "cache-0")).then_some(())

@@ -9,6 +9,7 @@
 //! - [`manifest`]: reading Kubernetes YAML.
 //! - [`output`]: tables and Kubernetes-shaped JSON/YAML.
 //! - [`proxy`]: `petctl proxy`.
+//! - [`selector`]: label selectors (`get -l`).
 //! - [`trace`]: the command's trace (OTLP), carried by every request.
 
 /// `println!` that ends petctl quietly when whoever reads its output went
@@ -37,6 +38,7 @@ mod kind;
 mod manifest;
 mod output;
 mod proxy;
+mod selector;
 mod trace;
 
 use std::time::Duration;
@@ -88,6 +90,10 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Only objects whose labels match: `app=web,tier!=db`, `app`,
+        /// `!app`, `env in (a,b)`.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
     },
     /// Shows an object in detail.
     Describe { resource: String, name: String },
@@ -621,7 +627,9 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
             name,
             output,
             all_namespaces,
+            selector,
         } => {
+            let selector = selector::Selector::parse(selector.as_deref().unwrap_or(""))?;
             let format = Format::parse(output.as_deref())?;
             let ns = if all_namespaces {
                 String::new()
@@ -634,7 +642,7 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
                 if i > 0 && matches!(format, Format::Table | Format::Wide) {
                     out!();
                 }
-                output::get(&c, *kind, name.as_deref(), &ns, format).await?;
+                output::get(&c, *kind, name.as_deref(), &ns, format, &selector).await?;
             }
             Ok(())
         }

@@ -9,6 +9,7 @@ use petset_proto::v1;
 use serde_json::{Value, json};
 
 use crate::kind::Kind;
+use crate::selector::Selector;
 use crate::{Clients, explain};
 
 /// How to print.
@@ -248,6 +249,7 @@ pub async fn get(
     name: Option<&str>,
     ns: &str,
     format: Format,
+    selector: &Selector,
 ) -> Result<()> {
     let wide = format == Format::Wide;
     let keep = |n: &str| name.is_none_or(|want| want == n);
@@ -575,6 +577,18 @@ pub async fn get(
             (classes.iter().map(class_json).collect(), rows)
         }
     };
+    // One row per item, after the header, in the same order.
+    let (items, mut rows) = {
+        let mut kept_rows = vec![rows.remove(0)];
+        let mut kept = Vec::new();
+        for (item, row) in items.into_iter().zip(rows) {
+            if selector.matches(&item["metadata"]["labels"]) {
+                kept.push(item);
+                kept_rows.push(row);
+            }
+        }
+        (kept, kept_rows)
+    };
     if let Some(n) = name
         && items.is_empty()
     {
@@ -627,7 +641,15 @@ fn short_modes(modes: &[String]) -> String {
 /// `describe RESOURCE NAME`: the object as YAML, then what explains its
 /// state.
 pub async fn describe(c: &Clients, resource: Kind, name: &str) -> Result<()> {
-    get(c, resource, Some(name), &c.namespace, Format::Yaml).await?;
+    get(
+        c,
+        resource,
+        Some(name),
+        &c.namespace,
+        Format::Yaml,
+        &Selector::default(),
+    )
+    .await?;
     if resource == Kind::StatefulSet {
         let pods = c
             .pods()
