@@ -9,7 +9,9 @@
 //! - [`Petctl`]: petctl against one scheduler-svc, pods parsed from JSON.
 //! - [`local`]: the README's local stack on ports of its own, the process
 //!   table, a sampler of pod copies.
+//! - [`chaos`]: the fault-injection harness and its report.
 
+pub mod chaos;
 pub mod local;
 
 use std::path::PathBuf;

@@ -14,7 +14,8 @@ use crate::{binary, free_port, free_ports, leads, repo_root};
 /// The ports one stack uses, each reserved for the test process.
 #[derive(Debug, Clone)]
 pub struct Ports {
-    /// etcd's client port (its peer port is the next one).
+    /// etcd's client port (its peer port is the next one); with three
+    /// members (`PETSET_ETCD_MEMBERS=3`), member n's is this + 2(n-1).
     pub etcd: u16,
     /// identity-svc's gRPC.
     pub identity: u16,
@@ -54,10 +55,11 @@ impl LocalStack {
     /// everything it starts.
     pub fn start_with(pod_net: &str, lease_ttl: u64, env: &[(&str, &str)]) -> LocalStack {
         let dir = tempfile::tempdir().expect("a folder");
-        // etcd's peer port is its client port + 1, and the three agents
-        // take three ports from the one given: each range is reserved whole.
+        // etcd's peer port is its client port + 1 (and up to three members
+        // take two ports each), and the three agents take three ports from
+        // the one given: each range is reserved whole.
         let ports = Ports {
-            etcd: free_ports(2),
+            etcd: free_ports(6),
             identity: free_port(),
             dns: free_port(),
             storage: free_port(),
@@ -139,16 +141,25 @@ impl Drop for LocalStack {
     }
 }
 
-/// The pids of processes whose command line (NUL-separated) contains every
-/// one of `parts`.
+/// The pids of processes running the program `parts[0]` (a name or a path:
+/// their `argv[0]` is it, or ends in `/` and it) whose command line
+/// (arguments separated by spaces) contains each of the other `parts`. A
+/// shell or supervisor that merely names the program among its arguments
+/// (a test's watchdog, a pod's shim) is not one of them.
 pub fn processes(parts: &[&str]) -> Vec<String> {
+    let Some((program, rest)) = parts.split_first() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if parts.iter().all(|p| cmd.contains(p)) {
+        let cmd = String::from_utf8_lossy(&cmd).into_owned();
+        let argv0 = cmd.split('\0').next().unwrap_or_default();
+        let runs = argv0 == *program || argv0.ends_with(&format!("/{program}"));
+        let cmd = cmd.replace('\0', " ");
+        if runs && rest.iter().all(|p| cmd.contains(p)) {
             out.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
@@ -168,10 +179,6 @@ pub fn alive(pid: &str) -> bool {
 pub fn pods_running(program: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for pid in processes(&[program]) {
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmd.split(|b| *b == 0).next() != Some(program.as_bytes()) {
-            continue;
-        }
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         if let Some(name) = String::from_utf8_lossy(&env)
             .split('\0')

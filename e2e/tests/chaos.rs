@@ -13,144 +13,23 @@
 //! `PETSET_CHAOS_REPORT` when set. RELIABILITY.md holds a run with N = 50.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use petset_core::testing::Tied;
-use petset_e2e::local::{LocalStack, Resume, Sampler, alive, process_of, processes};
-use petset_e2e::{Petctl, PodRow, binary, curl, free_port, wait_until};
+use petset_e2e::chaos::{
+    Chaos, DEADLINE, Outcome, PODS, agent_pid, cmdline, node_of, report, restarted, run_kill,
+    trials,
+};
+use petset_e2e::local::{Resume, Sampler, processes};
+use petset_e2e::{binary, free_port, wait_until};
 
-const DEADLINE: Duration = Duration::from_secs(120);
 const LEASE_TTL: u64 = 3;
-const PODS: [&str; 3] = ["kubia-0", "kubia-1", "kubia-2"];
-
-#[derive(Debug, Default)]
-struct Outcome {
-    trials: u32,
-    replaced: Vec<Duration>,
-    writes: u32,
-    lost: Vec<String>,
-    restarted: Vec<String>,
-}
-
-struct Chaos {
-    stack: LocalStack,
-    petctl: Petctl,
-    /// Programs this test started again (agents, scheduler replicas).
-    restarted: Vec<Tied>,
-}
-
-impl Chaos {
-    fn pods(&self) -> Vec<PodRow> {
-        self.petctl.pods()
-    }
-
-    fn ready(&self) -> Vec<PodRow> {
-        self.petctl.wait_ready(&PODS, DEADLINE)
-    }
-
-    /// Writes a fresh value to each pod; answers what was acknowledged.
-    fn write_all(&self, tag: &str) -> BTreeMap<String, String> {
-        let mut acked = BTreeMap::new();
-        for pod in self.ready() {
-            let value = format!("{tag}-{}", pod.0);
-            let url = format!("http://{}:8080/", pod.2);
-            if curl(&["-X", "POST", "-d", &value, &url])
-                .is_some_and(|a| a.starts_with("Data stored on pod"))
-            {
-                acked.insert(pod.0.clone(), value);
-            }
-        }
-        acked
-    }
-
-    /// The acknowledged writes no longer there.
-    fn lost(&self, acked: &BTreeMap<String, String>) -> Vec<String> {
-        let pods = self.ready();
-        acked
-            .iter()
-            .filter(|(name, value)| {
-                let pod = pods.iter().find(|p| &p.0 == *name).expect("every pod");
-                let url = format!("http://{}:8080/", pod.2);
-                !curl(&[&url])
-                    .is_some_and(|a| a.contains(&format!("Data stored on this pod: {value}")))
-            })
-            .map(|(name, value)| format!("{name}: {value}"))
-            .collect()
-    }
-
-    /// Waits until the pods that ran on `node` are Ready on other nodes.
-    fn moved_off(&self, node: &str, pods: &[String]) {
-        wait_until(&format!("{pods:?} Ready off {node}"), DEADLINE, || {
-            let now = self.pods();
-            pods.iter()
-                .all(|name| now.iter().any(|p| &p.0 == name && p.1 && p.3 != node))
-                .then_some(())
-        });
-    }
-
-    /// Starts `cmdline` (a program killed earlier) again, for the rest of
-    /// the test.
-    fn start_again(&mut self, cmdline: &[String], log: &str) {
-        self.restarted.push(Tied::spawn(
-            std::path::Path::new(&cmdline[0]),
-            &cmdline[1..],
-            &self.stack.dir.path().join(log),
-        ));
-    }
-}
-
-impl Outcome {
-    /// Counts one trial, and the writes acknowledged before it that are
-    /// no longer there.
-    fn trial(&mut self, chaos: &Chaos, acked: &BTreeMap<String, String>) {
-        self.trials += 1;
-        self.writes += acked.len() as u32;
-        self.lost.extend(chaos.lost(acked));
-    }
-}
-
-fn cmdline(pid: &str) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-/// The pods on the node that runs `pod`, and that node.
-fn node_of(pods: &[PodRow], pod: &str) -> (String, Vec<String>) {
-    let node = pods.iter().find(|p| p.0 == pod).unwrap().3.clone();
-    let on = pods
-        .iter()
-        .filter(|p| p.3 == node)
-        .map(|p| p.0.clone())
-        .collect();
-    (node, on)
-}
 
 #[test]
 fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
-    let trials: u32 = std::env::var("PETSET_CHAOS_TRIALS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3);
-    let stack = LocalStack::start("127.78", LEASE_TTL);
-    let petctl = Petctl {
-        program: binary("petctl"),
-        server: stack.scheduler(0),
-    };
-    let mut chaos = Chaos {
-        stack,
-        petctl,
-        restarted: Vec::new(),
-    };
-    chaos.petctl.run(&["scale", "sts", "kubia", "--replicas=3"]);
-    chaos.ready();
+    let trials = trials();
+    let mut chaos = Chaos::start("127.78", LEASE_TTL, &[]);
     let nodes = chaos.petctl.ready_nodes();
-    assert_eq!(nodes, 3);
     let sampler = Sampler::start();
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
 
@@ -194,11 +73,7 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
             chaos.stack.leader()
         });
         let other = 1 - leader;
-        let before: Vec<(String, Option<String>)> = chaos
-            .ready()
-            .iter()
-            .map(|p| (p.0.clone(), process_of(&p.0, &p.2)))
-            .collect();
+        let before = chaos.pod_processes();
         let pid = processes(&[
             "scheduler-svc",
             &format!("--grpc-addr {}", chaos.stack.scheduler(leader)),
@@ -218,20 +93,12 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
                     .then_some(())
             },
         );
-        let after: Vec<(String, Option<String>)> = chaos
-            .ready()
-            .iter()
-            .map(|p| (p.0.clone(), process_of(&p.0, &p.2)))
-            .collect();
+        let after = chaos.pod_processes();
         let o = outcomes
             .entry("leading scheduler killed (SIGKILL)")
             .or_default();
         o.trial(&chaos, &acked);
-        for (b, a) in before.iter().zip(&after) {
-            if b != a || !b.1.as_deref().is_some_and(alive) {
-                o.restarted.push(format!("{} ({:?} → {:?})", b.0, b.1, a.1));
-            }
-        }
+        o.restarted.extend(restarted(&before, &after));
         // Started again, on a port scripts/up reserved for it.
         let mut args = args;
         if let Some(i) = args.iter().position(|a| a == "--http-addr") {
@@ -250,66 +117,10 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
     }
     let seen = sampler.stop();
 
-    let mut report = format!(
-        "chaos: {trials} trials of each fault, node lease TTL {LEASE_TTL} s, process table sampled {} times\n\
-         | fault | trials | two live copies of one pod (whole run) | moved pods Ready elsewhere: p50 | max | acknowledged writes lost | pods restarted |\n\
-         |---|---|---|---|---|---|---|\n",
-        seen.samples
+    report(
+        &format!("chaos: {trials} trials of each fault, node lease TTL {LEASE_TTL} s"),
+        trials,
+        &outcomes,
+        &seen,
     );
-    let doubled = seen.doubled().len();
-    for (fault, o) in &outcomes {
-        let mut t = o.replaced.clone();
-        t.sort();
-        let (p50, max) = match (t.get(t.len() / 2), t.last()) {
-            (Some(p), Some(m)) => (
-                format!("{:.2} s", p.as_secs_f64()),
-                format!("{:.2} s", m.as_secs_f64()),
-            ),
-            _ => ("n/a".into(), "n/a".into()),
-        };
-        let _ = writeln!(
-            report,
-            "| {fault} | {} | {doubled} | {p50} | {max} | {}/{} | {} |",
-            o.trials,
-            o.lost.len(),
-            o.writes,
-            o.restarted.len()
-        );
-    }
-    eprintln!("{report}");
-    if let Some(path) = std::env::var_os("PETSET_CHAOS_REPORT") {
-        std::fs::write(path, &report).unwrap();
-    }
-    assert!(
-        seen.samples > 1000,
-        "the sampler looked {} times",
-        seen.samples
-    );
-    assert!(
-        seen.doubled().is_empty(),
-        "two live copies of one identity: {seen:?}"
-    );
-    assert_eq!(seen.most.len(), 3, "every pod was seen: {seen:?}");
-    for (fault, o) in &outcomes {
-        assert_eq!(o.trials, trials, "{fault}");
-        assert!(o.lost.is_empty(), "{fault}: writes lost: {:?}", o.lost);
-        assert!(
-            o.restarted.is_empty(),
-            "{fault}: pods restarted: {:?}",
-            o.restarted
-        );
-        assert!(o.writes > 0, "{fault}: no write was acknowledged");
-    }
-}
-
-/// The pid of `node`'s agent (scripts/up's, or one this test started).
-fn agent_pid(node: &str) -> String {
-    let pids = processes(&["node-agent", &format!("--name {node} ")]);
-    assert_eq!(pids.len(), 1, "{node}: {pids:?}");
-    pids[0].clone()
-}
-
-fn run_kill(signal: &str, pid: &str) {
-    let status = Command::new("kill").args([signal, pid]).status().unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
 }

@@ -33,41 +33,42 @@ impl Store {
                 ),
             ));
         }
-        let response = self
-            .client
-            .clone()
-            .lease_grant(ttl, None)
-            .await
-            .map_err(etcd_error)?;
+        let response = super::timed("lease_grant", || {
+            let mut client = self.client.clone();
+            async move { client.lease_grant(ttl, None).await }
+        })
+        .await
+        .map_err(etcd_error)?;
         Ok(response.id())
     }
 
     /// Renews a lease once and answers the TTL it now has. `NotFound` when
     /// the lease has expired.
     pub async fn renew_lease(&self, id: i64) -> Result<i64> {
-        super::timed("lease_renew", async {
-            let (mut keeper, mut responses) = self
-                .client
-                .clone()
-                .lease_keep_alive(id)
-                .await
-                .map_err(etcd_error)?;
-            keeper.keep_alive().await.map_err(etcd_error)?;
-            match responses.message().await.map_err(etcd_error)? {
-                Some(response) if response.ttl() > 0 => Ok(response.ttl()),
-                _ => Err(lease_gone(id)),
+        let renewed = super::timed("lease_renew", || {
+            let mut client = self.client.clone();
+            async move {
+                let (mut keeper, mut responses) = client.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                Ok(responses.message().await?.map(|r| r.ttl()))
             }
         })
         .await
+        .map_err(etcd_error)?;
+        match renewed {
+            Some(ttl) if ttl > 0 => Ok(ttl),
+            _ => Err(lease_gone(id)),
+        }
     }
 
     /// Revokes a lease: every key attached to it is deleted at once.
     pub async fn revoke_lease(&self, id: i64) -> Result<()> {
-        self.client
-            .clone()
-            .lease_revoke(id)
-            .await
-            .map_err(etcd_error)?;
+        super::timed("lease_revoke", || {
+            let mut client = self.client.clone();
+            async move { client.lease_revoke(id).await }
+        })
+        .await
+        .map_err(etcd_error)?;
         Ok(())
     }
 

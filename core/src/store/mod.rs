@@ -16,6 +16,7 @@
 //! - [`mirror`]: a local copy of a key range that follows etcd through a
 //!   watch, resumed after disconnects and re-listed after compaction.
 
+mod endpoints;
 pub mod leases;
 pub mod mirror;
 
@@ -94,6 +95,7 @@ impl Store {
                     e,
                 )
             })?;
+        endpoints::watch(client.clone(), &config.endpoints);
         Ok(Store { client, root })
     }
 
@@ -128,9 +130,12 @@ impl Store {
 
     /// Reads one key and decodes its JSON value.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>> {
-        let response = timed("get", self.client.clone().get(key, None))
-            .await
-            .map_err(etcd_error)?;
+        let response = timed("get", || {
+            let mut client = self.client.clone();
+            async move { client.get(key, None).await }
+        })
+        .await
+        .map_err(etcd_error)?;
         response.kvs().first().map(decode).transpose()
     }
 
@@ -170,12 +175,14 @@ impl Store {
     /// Reads every key under `prefix` undecoded, with the store revision
     /// the read saw.
     pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let mut response = timed(
-            "range",
-            self.client
-                .clone()
-                .get(prefix, Some(GetOptions::new().with_prefix())),
-        )
+        let mut response = timed("range", || {
+            let mut client = self.client.clone();
+            async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
         .await
         .map_err(etcd_error)?;
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
@@ -223,17 +230,28 @@ impl Store {
 
     /// Runs one transaction: every multi-key change goes through here.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        timed("txn", self.client.clone().txn(txn))
-            .await
-            .map_err(etcd_error)
+        timed("txn", || {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await
+        .map_err(etcd_error)
     }
 }
 
-/// Runs one etcd request, recording its latency as
+/// Runs one etcd request (sent again while its connection is refused, see
+/// [`endpoints`]), recording its latency as
 /// `petset_etcd_request_duration_seconds{op}`.
-pub(crate) async fn timed<T>(op: &'static str, request: impl Future<Output = T>) -> T {
+pub(crate) async fn timed<T, F, Fut>(
+    op: &'static str,
+    request: F,
+) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
     let started = std::time::Instant::now();
-    let answer = request.await;
+    let answer = endpoints::retrying(request).await;
     metrics::histogram!("petset_etcd_request_duration_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());
     answer

@@ -113,20 +113,14 @@ impl Controller {
 
     /// Reconciles until `token` is cancelled.
     pub async fn run(&self, term: Term, token: CancellationToken) {
-        let prefix = format!("{}/", self.store.root());
-        let mut client = self.store.client();
-        let watch = client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
-            .await;
-        let mut events = match watch {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the store; reconciling every second");
-                None
-            }
-        };
+        let mut events = self.watch().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // A watch that broke (its etcd member went away) is opened
+            // again, at most once a tick; meanwhile the tick reconciles.
+            if events.is_none() {
+                events = self.watch().await;
+            }
             match self.reconcile(&term).await {
                 Err(e) if e.is_deposed() => {
                     tracing::warn!(error = %e, "deposed");
@@ -156,6 +150,24 @@ impl Controller {
                         events = None;
                     }
                 }
+            }
+        }
+    }
+
+    /// A watch of everything under the root, or `None` (logged) when etcd
+    /// does not take one now.
+    async fn watch(&self) -> Option<etcd_client::WatchStream> {
+        let prefix = format!("{}/", self.store.root());
+        let watch = self
+            .store
+            .client()
+            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+            .await;
+        match watch {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the store; reconciling every second until it can");
+                None
             }
         }
     }

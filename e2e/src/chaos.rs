@@ -1,0 +1,261 @@
+//! The harness of the fault-injection tests (`tests/chaos.rs`,
+//! `tests/etcd_chaos.rs`): the local stack with kubia at three replicas,
+//! writes acknowledged by each pod before a fault and read back after it,
+//! faults by signal, and the report table RELIABILITY.md quotes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use petset_core::testing::Tied;
+
+use crate::local::{LocalStack, Samples, processes};
+use crate::{Petctl, PodRow, curl, wait_until};
+
+/// How long any step of a fault may take.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+/// kubia's replicas during the faults.
+pub const PODS: [&str; 3] = ["kubia-0", "kubia-1", "kubia-2"];
+
+/// What the trials of one fault saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Trials run.
+    pub trials: u32,
+    /// How long until the pods the fault took down were Ready elsewhere.
+    pub replaced: Vec<Duration>,
+    /// Writes acknowledged before the faults.
+    pub writes: u32,
+    /// Acknowledged writes no longer there after.
+    pub lost: Vec<String>,
+    /// Pods whose process changed across a fault that should stop none.
+    pub restarted: Vec<String>,
+}
+
+/// The local stack under faults.
+#[derive(Debug)]
+pub struct Chaos {
+    /// The stack.
+    pub stack: LocalStack,
+    /// petctl, pointed at a scheduler replica that runs.
+    pub petctl: Petctl,
+    /// Programs the test started again (agents, scheduler replicas, etcd
+    /// members).
+    pub restarted: Vec<Tied>,
+}
+
+impl Chaos {
+    /// The local stack (pods on `pod_net`, node leases of `lease_ttl`
+    /// seconds, `env` for scripts/up), kubia scaled to three replicas, all
+    /// Ready on three Ready nodes.
+    pub fn start(pod_net: &str, lease_ttl: u64, env: &[(&str, &str)]) -> Chaos {
+        let stack = LocalStack::start_with(pod_net, lease_ttl, env);
+        let petctl = Petctl {
+            program: crate::binary("petctl"),
+            server: stack.scheduler(0),
+        };
+        let chaos = Chaos {
+            stack,
+            petctl,
+            restarted: Vec::new(),
+        };
+        chaos.petctl.run(&["scale", "sts", "kubia", "--replicas=3"]);
+        chaos.ready();
+        assert_eq!(chaos.petctl.ready_nodes(), 3);
+        chaos
+    }
+
+    /// The pods now.
+    pub fn pods(&self) -> Vec<PodRow> {
+        self.petctl.pods()
+    }
+
+    /// The pods once all three are Ready.
+    pub fn ready(&self) -> Vec<PodRow> {
+        self.petctl.wait_ready(&PODS, DEADLINE)
+    }
+
+    /// Writes a fresh value to each pod; answers what was acknowledged.
+    pub fn write_all(&self, tag: &str) -> BTreeMap<String, String> {
+        let mut acked = BTreeMap::new();
+        for pod in self.ready() {
+            let value = format!("{tag}-{}", pod.0);
+            let url = format!("http://{}:8080/", pod.2);
+            if curl(&["-X", "POST", "-d", &value, &url])
+                .is_some_and(|a| a.starts_with("Data stored on pod"))
+            {
+                acked.insert(pod.0.clone(), value);
+            }
+        }
+        acked
+    }
+
+    /// The acknowledged writes no longer there.
+    pub fn lost(&self, acked: &BTreeMap<String, String>) -> Vec<String> {
+        let pods = self.ready();
+        acked
+            .iter()
+            .filter(|(name, value)| {
+                let pod = pods.iter().find(|p| &p.0 == *name).expect("every pod");
+                let url = format!("http://{}:8080/", pod.2);
+                !curl(&[&url])
+                    .is_some_and(|a| a.contains(&format!("Data stored on this pod: {value}")))
+            })
+            .map(|(name, value)| format!("{name}: {value}"))
+            .collect()
+    }
+
+    /// Waits until the pods that ran on `node` are Ready on other nodes.
+    pub fn moved_off(&self, node: &str, pods: &[String]) {
+        wait_until(&format!("{pods:?} Ready off {node}"), DEADLINE, || {
+            let now = self.pods();
+            pods.iter()
+                .all(|name| now.iter().any(|p| &p.0 == name && p.1 && p.3 != node))
+                .then_some(())
+        });
+    }
+
+    /// Starts `cmdline` (a program killed earlier) again, for the rest of
+    /// the test.
+    pub fn start_again(&mut self, cmdline: &[String], log: &str) {
+        self.restarted.push(Tied::spawn(
+            std::path::Path::new(&cmdline[0]),
+            &cmdline[1..],
+            &self.stack.dir.path().join(log),
+        ));
+    }
+}
+
+impl Outcome {
+    /// Counts one trial, and the writes acknowledged before it that are
+    /// no longer there.
+    pub fn trial(&mut self, chaos: &Chaos, acked: &BTreeMap<String, String>) {
+        self.trials += 1;
+        self.writes += acked.len() as u32;
+        self.lost.extend(chaos.lost(acked));
+    }
+}
+
+/// Trials of each fault: `PETSET_CHAOS_TRIALS`, else 3.
+pub fn trials() -> u32 {
+    std::env::var("PETSET_CHAOS_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Each Ready pod and the pid of its process.
+pub type PodProcesses = Vec<(String, Option<String>)>;
+
+impl Chaos {
+    /// Each pod, once all are Ready, with its process.
+    pub fn pod_processes(&self) -> PodProcesses {
+        self.ready()
+            .iter()
+            .map(|p| (p.0.clone(), crate::local::process_of(&p.0, &p.2)))
+            .collect()
+    }
+}
+
+/// The pods whose process is not the same, still alive one in `after` as
+/// in `before`.
+pub fn restarted(before: &PodProcesses, after: &PodProcesses) -> Vec<String> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b != a || !b.1.as_deref().is_some_and(crate::local::alive))
+        .map(|(b, a)| format!("{} ({:?} → {:?})", b.0, b.1, a.1))
+        .collect()
+}
+
+/// A process's command line.
+pub fn cmdline(pid: &str) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The pods on the node that runs `pod`, and that node.
+pub fn node_of(pods: &[PodRow], pod: &str) -> (String, Vec<String>) {
+    let node = pods.iter().find(|p| p.0 == pod).unwrap().3.clone();
+    let on = pods
+        .iter()
+        .filter(|p| p.3 == node)
+        .map(|p| p.0.clone())
+        .collect();
+    (node, on)
+}
+
+/// Prints the report of a run (and writes it to `PETSET_CHAOS_REPORT` when
+/// set), then checks it: the sampler looked often and never saw two live
+/// copies of a pod, every fault ran `trials` times, lost no acknowledged
+/// write and restarted no pod it should not have.
+pub fn report(title: &str, trials: u32, outcomes: &BTreeMap<&str, Outcome>, seen: &Samples) {
+    let mut report = format!(
+        "{title}, process table sampled {} times\n\
+         | fault | trials | two live copies of one pod (whole run) | moved pods Ready elsewhere: p50 | max | acknowledged writes lost | pods restarted |\n\
+         |---|---|---|---|---|---|---|\n",
+        seen.samples
+    );
+    let doubled = seen.doubled().len();
+    for (fault, o) in outcomes {
+        let mut t = o.replaced.clone();
+        t.sort();
+        let (p50, max) = match (t.get(t.len() / 2), t.last()) {
+            (Some(p), Some(m)) => (
+                format!("{:.2} s", p.as_secs_f64()),
+                format!("{:.2} s", m.as_secs_f64()),
+            ),
+            _ => ("n/a".into(), "n/a".into()),
+        };
+        let _ = writeln!(
+            report,
+            "| {fault} | {} | {doubled} | {p50} | {max} | {}/{} | {} |",
+            o.trials,
+            o.lost.len(),
+            o.writes,
+            o.restarted.len()
+        );
+    }
+    eprintln!("{report}");
+    if let Some(path) = std::env::var_os("PETSET_CHAOS_REPORT") {
+        std::fs::write(path, &report).unwrap();
+    }
+    assert!(
+        seen.samples > 1000,
+        "the sampler looked {} times",
+        seen.samples
+    );
+    assert!(
+        seen.doubled().is_empty(),
+        "two live copies of one identity: {seen:?}"
+    );
+    assert_eq!(seen.most.len(), 3, "every pod was seen: {seen:?}");
+    for (fault, o) in outcomes {
+        assert_eq!(o.trials, trials, "{fault}");
+        assert!(o.lost.is_empty(), "{fault}: writes lost: {:?}", o.lost);
+        assert!(
+            o.restarted.is_empty(),
+            "{fault}: pods restarted: {:?}",
+            o.restarted
+        );
+        assert!(o.writes > 0, "{fault}: no write was acknowledged");
+    }
+}
+
+/// The pid of `node`'s agent (scripts/up's, or one this test started).
+pub fn agent_pid(node: &str) -> String {
+    let pids = processes(&["node-agent", &format!("--name {node} ")]);
+    assert_eq!(pids.len(), 1, "{node}: {pids:?}");
+    pids[0].clone()
+}
+
+/// `kill SIGNAL PID`, which must succeed.
+pub fn run_kill(signal: &str, pid: &str) {
+    let status = Command::new("kill").args([signal, pid]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
