@@ -145,7 +145,7 @@ impl Etcd {
         self.watchdog = Some(Tied::spawn_cleaning(&etcd_binary(), &args, &log, cleanup));
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if healthy(self.client_port) {
+            if etcd_healthy(self.client_port) {
                 return Ok(());
             }
             if self.watchdog.as_ref().is_some_and(|w| !w.running()) {
@@ -267,7 +267,9 @@ pub fn free_ports(n: u16) -> u16 {
     panic!("no {n} free consecutive loopback ports in {low}..{high}");
 }
 
-fn healthy(port: u16) -> bool {
+/// Whether the etcd member whose client port is `port` (on loopback)
+/// answers its health check: it has a leader and a quorum.
+pub fn etcd_healthy(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

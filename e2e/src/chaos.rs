@@ -116,6 +116,14 @@ impl Chaos {
         });
     }
 
+    /// Each pod, once all are Ready, with its process.
+    pub fn pod_processes(&self) -> PodProcesses {
+        self.ready()
+            .iter()
+            .map(|p| (p.0.clone(), crate::local::process_of(&p.0, &p.2)))
+            .collect()
+    }
+
     /// Starts `cmdline` (a program killed earlier) again, for the rest of
     /// the test.
     pub fn start_again(&mut self, cmdline: &[String], log: &str) {
@@ -147,16 +155,6 @@ pub fn trials() -> u32 {
 
 /// Each Ready pod and the pid of its process.
 pub type PodProcesses = Vec<(String, Option<String>)>;
-
-impl Chaos {
-    /// Each pod, once all are Ready, with its process.
-    pub fn pod_processes(&self) -> PodProcesses {
-        self.ready()
-            .iter()
-            .map(|p| (p.0.clone(), crate::local::process_of(&p.0, &p.2)))
-            .collect()
-    }
-}
 
 /// The pods whose process is not the same, still alive one in `after` as
 /// in `before`.

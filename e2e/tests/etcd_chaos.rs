@@ -36,8 +36,7 @@ fn leads(chaos: &Chaos, n: u16) -> bool {
 
 /// Whether member n answers its health check (it has a leader, and quorum).
 fn healthy(chaos: &Chaos, n: u16) -> bool {
-    let (code, page) = http(&[&format!("http://{}/health", member(chaos, n))]);
-    code == 200 && page.contains("\"health\":\"true\"")
+    petset_core::testing::etcd_healthy(chaos.stack.ports.etcd + 2 * (n - 1))
 }
 
 fn member_pid(n: u16) -> String {

@@ -52,11 +52,11 @@ impl Trace {
                     .build(),
             )
             .build();
-        let span = provider
-            .tracer("petctl")
+        let tracer = provider.tracer("petctl");
+        let span = tracer
             .span_builder(format!("petctl {command}"))
             .with_attributes([KeyValue::new("petctl.command", command.to_string())])
-            .start(&provider.tracer("petctl"));
+            .start(&tracer);
         let context = Context::new().with_span(span);
         let mut carrier = std::collections::HashMap::new();
         {
