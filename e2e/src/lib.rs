@@ -13,6 +13,7 @@
 
 pub mod chaos;
 pub mod local;
+pub mod node_fault;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -205,14 +205,32 @@ pub fn process_of(name: &str, ip: &str) -> Option<String> {
         })
 }
 
-/// What a [`Sampler`] saw: how many times it looked, and the most live
-/// copies of each pod at one instant.
+/// What a [`Sampler`] saw: how many times it looked, the most live copies
+/// of each pod at one instant, and every stretch of time in which some pod
+/// had two or more.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
     /// Looks at the process table.
     pub samples: u64,
     /// Pod name → the most processes carrying it at once.
     pub most: BTreeMap<String, usize>,
+    /// Each stretch of consecutive looks at which one pod ran in two or
+    /// more live processes (the same set of them).
+    pub doubles: Vec<Double>,
+    previous: Option<Instant>,
+}
+
+/// Two or more live copies of one pod, seen from `first` to `last`.
+#[derive(Debug, Clone)]
+pub struct Double {
+    /// The pod.
+    pub pod: String,
+    /// The pids of its copies.
+    pub pids: Vec<String>,
+    /// The first look that saw them.
+    pub first: Instant,
+    /// The last look that saw them.
+    pub last: Instant,
 }
 
 impl Samples {
@@ -224,11 +242,33 @@ impl Samples {
             .map(|(p, n)| (p.as_str(), *n))
             .collect()
     }
+
+    fn look(&mut self, now: BTreeMap<String, Vec<String>>, at: Instant) {
+        for (pod, pids) in &now {
+            let most = self.most.entry(pod.clone()).or_default();
+            *most = (*most).max(pids.len());
+            if pids.len() < 2 {
+                continue;
+            }
+            match self.doubles.iter_mut().rev().find(|d| &d.pod == pod) {
+                Some(d) if &d.pids == pids && Some(d.last) == self.previous => d.last = at,
+                _ => self.doubles.push(Double {
+                    pod: pod.clone(),
+                    pids: pids.clone(),
+                    first: at,
+                    last: at,
+                }),
+            }
+        }
+        self.previous = Some(at);
+        self.samples += 1;
+    }
 }
 
-/// Reads the process table every ~2 ms until stopped, counting the
+/// Reads the process table every ~2 ms until stopped, counting the live
 /// kubia-pet processes of each pod: the independent witness that no
-/// identity ever runs twice.
+/// identity ever runs twice. A process in a frozen cgroup (a frozen node)
+/// is not live: the kernel runs none of it until it is thawed.
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -241,18 +281,24 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let program = binary("kubia-pet").to_str().expect("UTF-8").to_string();
+        let mount = crate::node_fault::cgroup2_mount();
         let thread = std::thread::spawn(move || {
             let mut seen = Samples::default();
             while !flag.load(Ordering::Relaxed) {
-                let mut now: BTreeMap<String, usize> = BTreeMap::new();
-                for (_, pod) in pods_running(&program) {
-                    *now.entry(pod).or_default() += 1;
+                let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (pid, pod) in pods_running(&program) {
+                    let stopped = mount.as_deref().is_some_and(|m| {
+                        crate::node_fault::cgroup_of(&pid)
+                            .is_some_and(|c| crate::node_fault::frozen(m, &c))
+                    });
+                    if !stopped && alive(&pid) {
+                        now.entry(pod).or_default().push(pid);
+                    }
                 }
-                for (pod, n) in now {
-                    let most = seen.most.entry(pod).or_default();
-                    *most = (*most).max(n);
+                for pids in now.values_mut() {
+                    pids.sort();
                 }
-                seen.samples += 1;
+                seen.look(now, Instant::now());
                 std::thread::sleep(Duration::from_millis(2));
             }
             seen
