@@ -28,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "PodSpec",
         "Container",
         "EnvVar",
+        "EnvVarSource",
+        "ObjectFieldSelector",
+        "ResourceFieldSelector",
+        "KeySelector",
+        "ObjectReference",
+        "EnvFromSource",
         "ContainerPort",
         "ResourceRequirements",
         "VolumeMount",
@@ -65,6 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "TcpSocketAction.port",
         "RollingUpdateStrategy.max_unavailable",
         "ServicePort.target_port",
+        "ResourceFieldSelector.divisor",
     ] {
         config = config.field_attribute(
             format!(".petset.v1.{field}"),

@@ -21,6 +21,7 @@
 
 pub mod claim;
 pub mod config;
+pub mod downward;
 pub mod error;
 pub mod identity;
 pub mod lease_service;

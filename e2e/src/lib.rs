@@ -153,6 +153,13 @@ impl Petctl {
     /// `petctl apply -f -` of `manifest`; its standard output (panics when
     /// it fails).
     pub fn apply(&self, manifest: &str) -> String {
+        self.try_apply(manifest)
+            .unwrap_or_else(|e| panic!("petctl apply failed: {e}\n{manifest}"))
+    }
+
+    /// `petctl apply -f -` of `manifest`: its standard output, or its
+    /// standard error when it fails.
+    pub fn try_apply(&self, manifest: &str) -> Result<String, String> {
         use std::io::Write as _;
         let mut child = std::process::Command::new(&self.program)
             .args(["--server", &self.server, "apply", "-f", "-"])
@@ -168,12 +175,11 @@ impl Petctl {
             .write_all(manifest.as_bytes())
             .expect("petctl reads its manifest");
         let out = child.wait_with_output().expect("petctl runs");
-        assert!(
-            out.status.success(),
-            "petctl apply failed: {}\n{manifest}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// How many nodes `petctl get nodes` shows Ready.

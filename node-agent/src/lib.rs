@@ -30,6 +30,7 @@
 
 pub mod addresses;
 pub mod config;
+pub mod env;
 pub mod fence;
 mod grpc;
 pub mod keepalive;
@@ -87,6 +88,7 @@ impl Agent {
         let (deadline, deadlines) = watch::channel(0u64);
         let (runtime, node_address) = runtime::from_config(config, deadlines).await?;
         let identity = lazy_channel("identity-addr", &config.identity_addr)?;
+        let node_address = node_address.unwrap_or_else(|| "127.0.0.1".into());
         let ctx = Arc::new(Context {
             node: config.name.clone(),
             images: config.image_map(),
@@ -96,8 +98,9 @@ impl Agent {
             nodes: schedulers::Schedulers::new(&config.scheduler_addr)?,
             identities: IdentitiesClient::new(identity.clone()),
             storage: StorageClient::new(lazy_channel("storage-addr", &config.storage_addr)?),
+            node_address: node_address.clone(),
+            allocatable: env::NodeAllocatable::of_this_machine(),
         });
-        let node_address = node_address.unwrap_or_else(|| "127.0.0.1".into());
         // Where petctl finds this agent's logs: the bound address, or the
         // node's address when bound to every address (0.0.0.0 reaches
         // nothing from elsewhere).

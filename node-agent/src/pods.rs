@@ -74,6 +74,10 @@ pub struct Context {
     pub identities: IdentitiesClient<ServiceChannel>,
     /// storage-svc.
     pub storage: StorageClient<ServiceChannel>,
+    /// The node's address (a pod's `status.hostIP`).
+    pub node_address: String,
+    /// What an unset limit stands for in a `resourceFieldRef`.
+    pub allocatable: crate::env::NodeAllocatable,
 }
 
 impl Context {
@@ -319,6 +323,17 @@ fn launch_for(
             .ok_or_else(|| format!("volume {:?} is not available on this node", m.name))?;
         mounts.push((src.clone(), m.mount_path.clone()));
     }
+    // Kubernetes' order: the variables (each may use those before it),
+    // then $(VAR) in command and args with all of them.
+    let facts = crate::env::PodFacts {
+        pod,
+        pod_ip: ip.to_string(),
+        host_ip: ctx.node_address.clone(),
+        node: ctx.allocatable,
+    };
+    let mut env = crate::env::environment(&facts, container)?;
+    let command = crate::env::expand_all(&container.command, &env);
+    let args = crate::env::expand_all(&container.args, &env);
     let mut argv = Vec::new();
     let mut image = container.image.clone();
     match &ctx.runtime {
@@ -334,7 +349,7 @@ fn launch_for(
             }
         }
         Runtime::Process { namespaces, .. } => {
-            argv = container.command.clone();
+            argv = command.clone();
             if argv.is_empty() {
                 let program = ctx.mapped_image(&container.image).ok_or_else(|| {
                     format!(
@@ -344,7 +359,7 @@ fn launch_for(
                 })?;
                 argv.push(program);
             }
-            argv.extend(container.args.iter().cloned());
+            argv.extend(args.iter().cloned());
             if !mounts.is_empty() && !namespaces {
                 return Err(format!(
                     "the node agent runs without namespace isolation (not root, or --isolation none), so volumes cannot be \
@@ -363,26 +378,30 @@ fn launch_for(
     } else {
         spec.hostname.clone()
     };
-    let mut env: BTreeMap<String, String> = container
-        .env
-        .iter()
-        .map(|e| (e.name.clone(), e.value.clone()))
-        .collect();
-    env.insert("POD_NAME".into(), meta.name.clone());
-    env.insert("POD_NAMESPACE".into(), meta.namespace.clone());
-    env.insert("POD_IP".into(), ip.to_string());
-    env.insert("HOSTNAME".into(), hostname.clone());
+    // petset's conveniences, where the pod defines none of these names.
+    for (name, value) in [
+        ("POD_NAME", &meta.name),
+        ("POD_NAMESPACE", &meta.namespace),
+        ("POD_IP", &ip.to_string()),
+        ("HOSTNAME", &hostname),
+    ] {
+        env.entry(name.into()).or_insert_with(|| value.clone());
+    }
     if let Runtime::Process { .. } = ctx.runtime {
         // A Docker image brings its own PATH.
         env.entry("PATH".into()).or_insert_with(|| {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         });
+        // The container runs as the agent's user, whose home it gets (as
+        // container runtimes set HOME from the user's passwd entry).
+        env.entry("HOME".into())
+            .or_insert_with(|| std::env::var("HOME").unwrap_or_else(|_| "/".into()));
     }
     Ok(Launch {
         argv,
         image,
-        command: container.command.clone(),
-        args: container.args.clone(),
+        command,
+        args,
         pod: format!("{}/{}", meta.namespace, meta.name),
         namespace: meta.namespace.clone(),
         engine_name: format!(
@@ -473,7 +492,7 @@ async fn run_container(
                 let (tx, ports, exec) = (
                     probe_tx.clone(),
                     container.ports.clone(),
-                    child.exec(&launch.env),
+                    child.exec(&launch.env, launch.namespaces),
                 );
                 probe_tasks.spawn(probe_loop(kind, probe, ip, ports, exec, tx));
             }

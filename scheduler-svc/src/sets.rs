@@ -305,6 +305,7 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
             "at least one container is required",
         );
     }
+    let all_containers: Vec<String> = pod.containers.iter().map(|c| c.name.clone()).collect();
     let mut container_names = Vec::new();
     for (i, c) in pod.containers.iter_mut().enumerate() {
         let at = format!("{ps}.containers[{i}]");
@@ -354,6 +355,23 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
             if !valid {
                 v.add(format!("{at}.env[{j}].name"), format!("must be a C identifier-like name (letters, digits, '_', '-', '.'), got {:?}", env.name));
             }
+            if let Some(from) = &env.value_from {
+                if !env.value.is_empty() {
+                    v.add(
+                        format!("{at}.env[{j}].value"),
+                        "may not be specified when `valueFrom` is not empty",
+                    );
+                }
+                check_env_source(
+                    &format!("{at}.env[{j}].value_from"),
+                    from,
+                    &all_containers,
+                    &mut v,
+                );
+            }
+        }
+        for j in 0..c.env_from.len() {
+            v.add(format!("{at}.env_from[{j}]"), NO_CONFIG);
         }
         if let Some(resources) = &c.resources {
             check_resources(&format!("{at}.resources"), resources, &mut v);
@@ -659,5 +677,230 @@ impl Sets {
             })?;
         tracing::info!(set = %format!("{ns}/{name}"), "statefulset deletion asked for");
         Ok(())
+    }
+}
+
+/// Why `configMapKeyRef`, `secretKeyRef` and `envFrom` are refused.
+const NO_CONFIG: &str = "ConfigMaps and Secrets do not exist in petset yet: set the variable with \
+     `value` (it may use $(OTHER_VAR)) or `valueFrom.fieldRef`/`resourceFieldRef`";
+
+/// Checks one `env[].valueFrom`: exactly one source, and one petset can
+/// answer (Kubernetes' downward API for env).
+fn check_env_source(at: &str, from: &v1::EnvVarSource, containers: &[String], v: &mut Violations) {
+    let set = [
+        from.field_ref.is_some(),
+        from.resource_field_ref.is_some(),
+        from.config_map_key_ref.is_some(),
+        from.secret_key_ref.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        v.add(
+            at,
+            "must specify exactly one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+        );
+        return;
+    }
+    if let Some(field) = &from.field_ref {
+        if !matches!(field.api_version.as_str(), "" | "v1") {
+            v.add(
+                format!("{at}.field_ref.api_version"),
+                format!(
+                    "Unsupported value: {:?}: supported values: v1",
+                    field.api_version
+                ),
+            );
+        }
+        v.check(
+            format!("{at}.field_ref.field_path"),
+            petset_core::downward::field_path(&field.field_path),
+        );
+    }
+    if let Some(resource) = &from.resource_field_ref {
+        if !petset_core::downward::RESOURCES.contains(&resource.resource.as_str()) {
+            v.add(
+                format!("{at}.resource_field_ref.resource"),
+                format!(
+                    "Unsupported value: {:?}: supported values: {}",
+                    resource.resource,
+                    petset_core::downward::RESOURCES.join(", ")
+                ),
+            );
+        } else {
+            v.check(
+                format!("{at}.resource_field_ref.divisor"),
+                petset_core::downward::divisor(&resource.resource, &resource.divisor),
+            );
+        }
+        if !resource.container_name.is_empty() && !containers.contains(&resource.container_name) {
+            v.add(
+                format!("{at}.resource_field_ref.container_name"),
+                format!(
+                    "Not found: {:?}: no container of the pod has that name",
+                    resource.container_name
+                ),
+            );
+        }
+    }
+    if from.config_map_key_ref.is_some() {
+        v.add(format!("{at}.config_map_key_ref"), NO_CONFIG);
+    }
+    if from.secret_key_ref.is_some() {
+        v.add(format!("{at}.secret_key_ref"), NO_CONFIG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_with(container: v1::Container) -> v1::StatefulSet {
+        let labels: std::collections::HashMap<String, String> =
+            [("app".to_string(), "web".to_string())].into();
+        v1::StatefulSet {
+            metadata: Some(v1::ObjectMeta {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            spec: Some(v1::StatefulSetSpec {
+                replicas: Some(1),
+                selector: Some(v1::SetSelector {
+                    match_labels: labels.clone(),
+                    ..Default::default()
+                }),
+                service_name: "web".into(),
+                template: Some(v1::PodTemplateSpec {
+                    metadata: Some(v1::ObjectMeta {
+                        labels,
+                        ..Default::default()
+                    }),
+                    spec: Some(v1::PodSpec {
+                        containers: vec![container],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn from(source: v1::EnvVarSource) -> v1::EnvVar {
+        v1::EnvVar {
+            name: "V".into(),
+            value: String::new(),
+            value_from: Some(source),
+        }
+    }
+
+    fn field(path: &str) -> v1::EnvVarSource {
+        v1::EnvVarSource {
+            field_ref: Some(v1::ObjectFieldSelector {
+                api_version: String::new(),
+                field_path: path.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn resource(resource: &str, divisor: &str, container: &str) -> v1::EnvVarSource {
+        v1::EnvVarSource {
+            resource_field_ref: Some(v1::ResourceFieldSelector {
+                container_name: container.into(),
+                resource: resource.into(),
+                divisor: divisor.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The fields the API names when it refuses `env`, `env_from`.
+    fn refused(env: Vec<v1::EnvVar>, env_from: Vec<v1::EnvFromSource>) -> Vec<String> {
+        let container = v1::Container {
+            name: "web".into(),
+            image: "web".into(),
+            env,
+            env_from,
+            ..Default::default()
+        };
+        match parse(Some(&set_with(container))) {
+            Ok(_) => Vec::new(),
+            Err(Error::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn env_value_from_is_checked_field_by_field() {
+        let at = "stateful_set.spec.template.spec.containers[0]";
+        // What petset answers.
+        let fine = vec![
+            from(field("metadata.name")),
+            from(field("metadata.labels['app']")),
+            from(field("status.podIP")),
+            from(resource("limits.memory", "1Mi", "")),
+            from(resource("requests.cpu", "1m", "web")),
+            v1::EnvVar {
+                name: "URL".into(),
+                value: "http://$(V):80".into(),
+                value_from: None,
+            },
+        ];
+        assert_eq!(refused(fine, Vec::new()), Vec::<String>::new());
+        // What it does not, each named.
+        let mut both = from(field("metadata.name"));
+        both.value = "x".into();
+        let mut two = field("metadata.name");
+        two.resource_field_ref = resource("limits.cpu", "", "").resource_field_ref;
+        let config = v1::EnvVarSource {
+            config_map_key_ref: Some(v1::KeySelector {
+                name: "settings".into(),
+                key: "k".into(),
+                optional: false,
+            }),
+            ..Default::default()
+        };
+        let cases = vec![
+            (
+                from(field("spec.serviceAccountName")),
+                "value_from.field_ref.field_path",
+            ),
+            (
+                from(resource("limits.gpu", "", "")),
+                "value_from.resource_field_ref.resource",
+            ),
+            (
+                from(resource("limits.cpu", "1Mi", "")),
+                "value_from.resource_field_ref.divisor",
+            ),
+            (
+                from(resource("limits.cpu", "", "sidecar")),
+                "value_from.resource_field_ref.container_name",
+            ),
+            (from(config), "value_from.config_map_key_ref"),
+            (from(v1::EnvVarSource::default()), "value_from"),
+            (from(two), "value_from"),
+            (both, "value"),
+        ];
+        for (var, want) in cases {
+            assert_eq!(
+                refused(vec![var.clone()], Vec::new()),
+                vec![format!("{at}.env[0].{want}")],
+                "{var:?}"
+            );
+        }
+        let env_from = vec![v1::EnvFromSource {
+            prefix: String::new(),
+            config_map_ref: Some(v1::ObjectReference {
+                name: "settings".into(),
+                optional: false,
+            }),
+            secret_ref: None,
+        }];
+        assert_eq!(
+            refused(Vec::new(), env_from),
+            vec![format!("{at}.env_from[0]")]
+        );
     }
 }

@@ -167,8 +167,18 @@ impl From<String> for StartError {
 /// Where a command in a container (an exec probe) runs.
 #[derive(Debug, Clone)]
 pub enum Exec {
-    /// On the host, with the container's environment (process runtime).
+    /// On the host, with the container's environment (process runtime
+    /// without namespaces: there is nothing to enter).
     Host(Vec<(String, String)>),
+    /// In the namespaces (mount, UTS) of the process-runtime container
+    /// whose process group `leader` leads, with its environment: its
+    /// volumes at their mount paths, its hostname.
+    Inside {
+        /// The container's environment.
+        env: Vec<(String, String)>,
+        /// The container's group leader (its shim, or its wrapper).
+        leader: u32,
+    },
     /// Inside the container (Docker runtime).
     Docker(docker::ExecTarget),
 }
@@ -191,21 +201,83 @@ impl Exec {
         let Some((program, args)) = command.split_first() else {
             return Err(ExecError("empty command".into()));
         };
-        match self {
-            Exec::Docker(target) => target.run(command).await,
-            Exec::Host(env) => tokio::process::Command::new(program)
-                .args(args)
-                .envs(env.iter().cloned())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map(|status| status.code().map_or(-1, i64::from))
-                .map_err(|e| ExecError(e.to_string())),
+        let (env, mut command) = match self {
+            Exec::Docker(target) => return target.run(command).await,
+            Exec::Host(env) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args);
+                (env, c)
+            }
+            Exec::Inside { env, leader } => {
+                let target = namespaced_descendant(*leader).ok_or_else(|| {
+                    ExecError("the container's namespaces are not there (it is not running)".into())
+                })?;
+                let mut c = tokio::process::Command::new(host_program("nsenter"));
+                c.arg("--target")
+                    .arg(target.to_string())
+                    .args(["--mount", "--uts", "--"])
+                    .args(command);
+                (env, c)
+            }
+        };
+        command
+            .env_clear()
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map(|status| status.code().map_or(-1, i64::from))
+            .map_err(|e| ExecError(e.to_string()))
+    }
+}
+
+/// The node's `program` (util-linux's setpriv, unshare, nsenter) by the
+/// agent's own PATH: the container's PATH, which its wrappers run with, is
+/// the pod's to set.
+fn host_program(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+/// The first process, breadth first from `leader` down its descendants,
+/// whose mount namespace is not the agent's: the container's.
+fn namespaced_descendant(leader: u32) -> Option<u32> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let own = ns("self")?;
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
         }
     }
+    let mut queue = std::collections::VecDeque::from([leader]);
+    while let Some(pid) = queue.pop_front() {
+        let here = ns(&pid.to_string());
+        if here.is_some() && here.as_ref() != Some(&own) {
+            return Some(pid);
+        }
+        queue.extend(children.get(&pid).into_iter().flatten());
+    }
+    None
 }
 
 /// A running container.
@@ -258,10 +330,15 @@ impl Running {
         }
     }
 
-    /// Where this container's exec probes run.
-    pub fn exec(&self, env: &BTreeMap<String, String>) -> Exec {
+    /// Where this container's exec probes run: inside it when it has
+    /// namespaces of its own (`namespaces`), else on the host.
+    pub fn exec(&self, env: &BTreeMap<String, String>, namespaces: bool) -> Exec {
+        let env = env.clone().into_iter().collect();
         match self {
-            Running::Process(_) => Exec::Host(env.clone().into_iter().collect()),
+            Running::Process(child) => match child.id() {
+                Some(leader) if namespaces => Exec::Inside { env, leader },
+                _ => Exec::Host(env),
+            },
             Running::Docker(c) => Exec::Docker(c.exec_target()),
         }
     }
@@ -300,17 +377,20 @@ pub struct Launch {
 }
 
 /// The script run inside the new namespaces: set the hostname, bind the
-/// volumes, then become the container's program.
+/// volumes, then become the container's program. Its arguments: the
+/// hostname, the number of mounts, each mount's source and target, then
+/// the program and its arguments: nothing of the agent's travels in the
+/// environment, which is the container's alone.
 const INSIDE: &str = r#"set -e
-hostname "$PETSET_HOSTNAME"
-i=0
-while [ "$i" -lt "$PETSET_MOUNTS" ]; do
-  eval "src=\$PETSET_MOUNT_SRC_$i; dst=\$PETSET_MOUNT_DST_$i"
-  mkdir -p "$dst"
-  mount --bind "$src" "$dst"
-  i=$((i + 1))
+hostname "$1"
+n=$2
+shift 2
+while [ "$n" -gt 0 ]; do
+  mkdir -p "$2"
+  mount --bind "$1" "$2"
+  shift 2
+  n=$((n - 1))
 done
-unset PETSET_HOSTNAME PETSET_MOUNTS
 exec "$@"
 "#;
 
@@ -364,39 +444,33 @@ impl Launch {
         let new = |program: &str| match shim {
             Some((shim, deadline)) => {
                 let mut c = Command::new(shim);
-                c.arg(deadline.to_string()).arg("--").arg(program);
+                c.arg(deadline.to_string())
+                    .arg("--")
+                    .arg(host_program(program));
                 c
             }
-            None => Command::new(program),
+            None => Command::new(host_program(program)),
         };
         let mut command = if self.namespaces {
             let mut c = new("setpriv");
-            c.args([
-                "--pdeathsig",
-                "KILL",
-                "--",
-                "unshare",
-                "--uts",
-                "--mount",
-                "--propagation",
-                "private",
-            ])
-            .args([
-                "--fork",
-                "--kill-child",
-                "--",
-                "/bin/sh",
-                "-c",
-                INSIDE,
-                "petset-container",
-            ])
-            .args(&self.argv)
-            .env("PETSET_HOSTNAME", &self.hostname)
-            .env("PETSET_MOUNTS", self.mounts.len().to_string());
-            for (i, (src, dst)) in self.mounts.iter().enumerate() {
-                c.env(format!("PETSET_MOUNT_SRC_{i}"), src)
-                    .env(format!("PETSET_MOUNT_DST_{i}"), dst);
+            c.args(["--pdeathsig", "KILL", "--"])
+                .arg(host_program("unshare"))
+                .args(["--uts", "--mount", "--propagation", "private"])
+                .args([
+                    "--fork",
+                    "--kill-child",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    INSIDE,
+                    "petset-container",
+                ])
+                .arg(&self.hostname)
+                .arg(self.mounts.len().to_string());
+            for (src, dst) in &self.mounts {
+                c.arg(src).arg(dst);
             }
+            c.args(&self.argv);
             c
         } else {
             let mut c = new("setpriv");
@@ -404,6 +478,8 @@ impl Launch {
             c
         };
         command
+            // The container's environment is its own: nothing of the agent's.
+            .env_clear()
             .envs(&self.env)
             // The shim reads its deadlines there; the container gets none.
             .stdin(if shim.is_some() {

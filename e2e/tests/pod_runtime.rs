@@ -1,0 +1,164 @@
+//! Pods as Kubernetes runs them, on the README's local stack (process
+//! runtime): a container's environment and command line (`valueFrom`
+//! `fieldRef` and `resourceFieldRef`, `$(VAR)` in values, `command` and
+//! `args`, `$$` escaping; the agent's own environment kept out), an exec
+//! readiness probe that runs inside the pod (it checks a file at the
+//! volume's mount path, which exists only in the pod's mount namespace),
+//! and what petset cannot answer (ConfigMaps, Secrets, unknown fields)
+//! refused at apply with the field named.
+
+use std::time::Duration;
+
+use petset_e2e::local::LocalStack;
+use petset_e2e::{Petctl, binary, wait_until};
+
+const SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: envtest
+spec:
+  serviceName: kubia
+  replicas: 1
+  selector:
+    matchLabels: {app: envtest}
+  template:
+    metadata:
+      labels: {app: envtest, tier: backend}
+      annotations: {example.com/team: blue}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: ["/bin/sh", "-c"]
+        args:
+        - >-
+          echo "name=$(MY_NAME) ns=$(MY_NS) ip=$(MY_IP) node=$(MY_NODE)
+          tier=$(TIER) team=$(TEAM) mem=$(MEM_MI) url=$(URL)
+          agent=${PETSET_STACK_DIR:-none} shellip=$MY_IP"
+          'literal=$$(MY_NAME) unknown=$(NOT_DEFINED)';
+          touch /var/data/ready;
+          exec sleep 3600
+        readinessProbe:
+          exec:
+            command: [test, -f, /var/data/ready]
+          periodSeconds: 1
+        volumeMounts:
+        - {name: data, mountPath: /var/data}
+        env:
+        - name: MY_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: MY_NS
+          valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+        - name: MY_IP
+          valueFrom: {fieldRef: {fieldPath: status.podIP}}
+        - name: MY_NODE
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+        - name: TIER
+          valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}
+        - name: TEAM
+          valueFrom: {fieldRef: {fieldPath: "metadata.annotations['example.com/team']"}}
+        - name: MEM_MI
+          valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+        - name: URL
+          value: "http://$(MY_NAME).kubia.$(MY_NS):8080"
+        resources:
+          limits: {memory: 64Mi}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Mi}}
+"#;
+
+#[test]
+fn env_value_from_and_var_expansion_follow_kubernetes() {
+    let stack = LocalStack::start("127.84", 10);
+    let petctl = Petctl {
+        program: binary("petctl"),
+        server: stack.scheduler(0),
+    };
+    petctl.apply(SET);
+    let line = wait_until("envtest-0's first line", Duration::from_secs(120), || {
+        let logs = std::process::Command::new(binary("petctl"))
+            .args(["--server", &petctl.server, "logs", "envtest-0"])
+            .output()
+            .ok()?;
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+        logs.lines()
+            .find(|l| l.starts_with("name="))
+            .map(str::to_string)
+    });
+    let pod = petctl
+        .pods()
+        .into_iter()
+        .find(|p| p.0 == "envtest-0")
+        .expect("envtest-0 listed");
+    let (ip, node) = (pod.2, pod.3);
+    let want = format!(
+        "name=envtest-0 ns=default ip={ip} node={node} tier=backend team=blue mem=64 \
+         url=http://envtest-0.kubia.default:8080 agent=none shellip={ip} \
+         literal=$(MY_NAME) unknown=$(NOT_DEFINED)"
+    );
+    assert_eq!(line, want);
+
+    // The exec probe runs in the pod: /var/data/ready is on the pod's
+    // volume, at its mount path, which the host does not have.
+    assert!(!std::path::Path::new("/var/data/ready").exists());
+    let ready = |want: bool| {
+        wait_until(
+            &format!("envtest-0 Ready {want}"),
+            Duration::from_secs(60),
+            || {
+                petctl
+                    .pods()
+                    .iter()
+                    .any(|p| p.0 == "envtest-0" && p.1 == want)
+                    .then_some(())
+            },
+        )
+    };
+    ready(true);
+    // Removed through the volume's folder on the node: the probe fails.
+    let volumes = petctl.json(&["get", "pv"]);
+    let folder = volumes["items"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|v| v["spec"]["claimRef"]["name"] == "data-envtest-0")
+        .and_then(|v| {
+            let spec = &v["spec"];
+            spec["hostPath"]["path"]
+                .as_str()
+                .or(spec["local"]["path"].as_str())
+        })
+        .expect("the claim's volume has a folder")
+        .to_string();
+    let marker = std::path::Path::new(&folder).join("ready");
+    std::fs::remove_file(&marker).expect("the container made the file on its volume");
+    ready(false);
+    std::fs::write(&marker, "").unwrap();
+    ready(true);
+
+    // Refused at apply, naming the field and what to do instead.
+    let config = SET.replace(
+        "valueFrom: {fieldRef: {fieldPath: metadata.name}}",
+        "valueFrom: {configMapKeyRef: {name: settings, key: name}}",
+    );
+    let err = petctl.try_apply(&config).unwrap_err();
+    assert!(
+        err.contains("containers[0].env[0].value_from.config_map_key_ref")
+            && err.contains("ConfigMaps and Secrets do not exist in petset"),
+        "{err}"
+    );
+    let account = SET.replace("metadata.namespace", "spec.serviceAccountName");
+    let err = petctl.try_apply(&account).unwrap_err();
+    assert!(
+        err.contains("containers[0].env[1].value_from.field_ref.field_path")
+            && err.contains("spec.serviceAccountName"),
+        "{err}"
+    );
+    let typo = SET.replace("fieldPath: spec.nodeName", "fieldPth: spec.nodeName");
+    let err = petctl.try_apply(&typo).unwrap_err();
+    assert!(err.contains("fieldPth"), "{err}");
+}
