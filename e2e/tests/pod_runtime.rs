@@ -4,8 +4,10 @@
 //! `args`, `$$` escaping; the agent's own environment kept out), an exec
 //! readiness probe that runs inside the pod (it checks a file at the
 //! volume's mount path, which exists only in the pod's mount namespace),
-//! and what petset cannot answer (ConfigMaps, Secrets, unknown fields)
-//! refused at apply with the field named.
+//! `petctl exec` (in the pod, with its environment, standard input, the
+//! command's exit code; the probe follows `exec rm/touch` of its file), and
+//! what petset cannot answer (ConfigMaps, Secrets, unknown fields) refused
+//! at apply with the field named.
 
 use std::time::Duration;
 
@@ -119,7 +121,7 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         )
     };
     ready(true);
-    // Removed through the volume's folder on the node: the probe fails.
+    // The file is on the volume's folder on the node.
     let volumes = petctl.json(&["get", "pv"]);
     let folder = volumes["items"]
         .as_array()
@@ -135,9 +137,71 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         .expect("the claim's volume has a folder")
         .to_string();
     let marker = std::path::Path::new(&folder).join("ready");
-    std::fs::remove_file(&marker).expect("the container made the file on its volume");
+    assert!(marker.exists(), "{marker:?}");
+
+    // petctl exec runs in the pod, with its environment, and ends with the
+    // command's code; the probe follows what it does to the volume.
+    let exec = |args: &[&str], input: Option<&str>| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(binary("petctl"))
+            .args(["--server", &petctl.server, "exec"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("petctl starts");
+        let mut stdin = child.stdin.take().expect("piped");
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).expect("petctl reads");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("petctl runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        exec(&["envtest-0", "--", "hostname"], None),
+        (Some(0), "envtest-0\n".to_string(), String::new())
+    );
+    assert_eq!(
+        exec(
+            &["envtest-0", "--", "sh", "-c", "echo $MY_NAME $TIER"],
+            None
+        )
+        .1,
+        "envtest-0 backend\n"
+    );
+    let (code, _, err) = exec(
+        &["envtest-0", "--", "sh", "-c", "echo oops >&2; exit 3"],
+        None,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert_eq!(err, "oops\ncommand terminated with exit code 3\n");
+    assert_eq!(
+        exec(
+            &["-i", "envtest-0", "--", "cat"],
+            Some("line one\nline two\n")
+        )
+        .1,
+        "line one\nline two\n"
+    );
+    let (code, _, err) = exec(&["-c", "nope", "envtest-0", "--", "true"], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no running container nope"), "{err}");
+    assert_eq!(
+        exec(&["envtest-0", "--", "rm", "/var/data/ready"], None).0,
+        Some(0)
+    );
+    assert!(!marker.exists());
     ready(false);
-    std::fs::write(&marker, "").unwrap();
+    assert_eq!(
+        exec(&["envtest-0", "--", "touch", "/var/data/ready"], None).0,
+        Some(0)
+    );
     ready(true);
 
     // Refused at apply, naming the field and what to do instead.

@@ -1,23 +1,145 @@
-//! `petset.v1.NodeAgent`: what this node serves to petctl (pod logs).
+//! `petset.v1.NodeAgent`: what this node serves to petctl through
+//! scheduler-svc (pod logs, exec).
 
+use std::pin::Pin;
+use std::process::Stdio;
 use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use petset_core::error::Violations;
 use petset_core::validate;
 use petset_proto::v1;
 use petset_proto::v1::node_agent_server::NodeAgent;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::pods::Context;
 
-/// `petset.v1.NodeAgent`: pod logs from this node.
+/// `petset.v1.NodeAgent`: pod logs from this node, commands in its pods.
 #[derive(Debug, Clone)]
 pub(crate) struct LogsApi {
     pub(crate) ctx: Arc<Context>,
 }
 
+/// The output of an exec, as it comes.
+type ExecOutput = Pin<Box<dyn Stream<Item = Result<v1::ExecResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl NodeAgent for LogsApi {
+    type ExecStream = ExecOutput;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<v1::ExecRequest>>,
+    ) -> Result<Response<ExecOutput>, Status> {
+        let mut input = request.into_inner();
+        let start = input
+            .message()
+            .await?
+            .and_then(|first| first.start)
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "start: the first message names the container and the command",
+                )
+            })?;
+        let namespace = validate::namespace_or_default(&start.namespace);
+        let mut v = Violations::new();
+        v.check("start.namespace", validate::dns1123_label(&namespace));
+        v.check("start.name", validate::dns1123_label(&start.name));
+        if !start.container.is_empty() {
+            v.check("start.container", validate::dns1123_label(&start.container));
+        }
+        if start.command.is_empty() || start.command[0].is_empty() {
+            v.add(
+                "start.command",
+                "is required: the program to run and its arguments",
+            );
+        }
+        if start.tty {
+            v.add(
+                "start.tty",
+                "terminals are not supported yet: run without -t",
+            );
+        }
+        v.into_result()?;
+        let pod = format!("{namespace}/{}", start.name);
+        let (container, target) =
+            self.ctx
+                .exec_target(&pod, &start.container)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "pod {pod} has no running container{} on node {}",
+                        if start.container.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", start.container)
+                        },
+                        self.ctx.node
+                    ))
+                })?;
+        let mut command = target.command(&start.command).map_err(|e| {
+            Status::failed_precondition(format!("container {container} of pod {pod}: {}", e.0))
+        })?;
+        let mut child = command
+            .stdin(if start.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                Status::failed_precondition(format!("cannot run {:?}: {e}", start.command[0]))
+            })?;
+        tracing::info!(%pod, %container, command = ?start.command, "exec");
+        if let Some(mut stdin) = child.stdin.take() {
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = input.message().await {
+                    if !m.stdin.is_empty() && stdin.write_all(&m.stdin).await.is_err() {
+                        break;
+                    }
+                    if m.stdin_closed {
+                        break;
+                    }
+                }
+                // Dropped: the command reads the end of its input.
+            });
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        tokio::spawn(async move {
+            let pumps = tokio::join!(
+                pump(out, tx.clone(), |b| v1::ExecResponse {
+                    stdout: b,
+                    ..Default::default()
+                }),
+                pump(err, tx.clone(), |b| v1::ExecResponse {
+                    stderr: b,
+                    ..Default::default()
+                }),
+            );
+            if pumps.0 && pumps.1 {
+                let code = match child.wait().await {
+                    Ok(status) => status.code().unwrap_or(-1),
+                    Err(_) => -1,
+                };
+                let _ = tx
+                    .send(Ok(v1::ExecResponse {
+                        exit_code: Some(code),
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+            // Else the caller went away: dropping the child kills it.
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn pod_logs(
         &self,
         request: Request<v1::PodLogsRequest>,
@@ -80,5 +202,26 @@ impl NodeAgent for LogsApi {
             text
         };
         Ok(Response::new(v1::PodLogsResponse { container, text }))
+    }
+}
+
+/// Sends what `from` gives, chunk by chunk, until its end; false when the
+/// receiver went away.
+async fn pump(
+    from: Option<impl AsyncRead + Unpin>,
+    to: mpsc::Sender<Result<v1::ExecResponse, Status>>,
+    message: impl Fn(Vec<u8>) -> v1::ExecResponse,
+) -> bool {
+    let Some(mut from) = from else { return true };
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => {
+                if to.send(Ok(message(buf[..n].to_vec()))).await.is_err() {
+                    return false;
+                }
+            }
+        }
     }
 }

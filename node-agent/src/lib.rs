@@ -100,6 +100,7 @@ impl Agent {
             storage: StorageClient::new(lazy_channel("storage-addr", &config.storage_addr)?),
             node_address: node_address.clone(),
             allocatable: env::NodeAllocatable::of_this_machine(),
+            execs: Default::default(),
         });
         // Where petctl finds this agent's logs: the bound address, or the
         // node's address when bound to every address (0.0.0.0 reaches

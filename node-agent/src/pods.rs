@@ -78,6 +78,57 @@ pub struct Context {
     pub node_address: String,
     /// What an unset limit stands for in a `resourceFieldRef`.
     pub allocatable: crate::env::NodeAllocatable,
+    /// Where to run a command in each running container (`petctl exec`).
+    pub execs: ExecTargets,
+}
+
+/// The running containers, by (`<namespace>/<pod>`, index in the pod):
+/// their name and where a command runs in them.
+pub type ExecTargets = Arc<std::sync::Mutex<BTreeMap<(String, usize), (String, runtime::Exec)>>>;
+
+/// A running container's entry in [`ExecTargets`], removed when dropped.
+struct ExecEntry {
+    targets: ExecTargets,
+    key: (String, usize),
+}
+
+impl ExecEntry {
+    fn new(
+        targets: &ExecTargets,
+        pod: &str,
+        index: usize,
+        name: &str,
+        exec: runtime::Exec,
+    ) -> Self {
+        let key = (pod.to_string(), index);
+        targets
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), (name.to_string(), exec));
+        ExecEntry {
+            targets: targets.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for ExecEntry {
+    fn drop(&mut self) {
+        self.targets.lock().expect("not poisoned").remove(&self.key);
+    }
+}
+
+impl Context {
+    /// Where to run a command in container `container` (empty: the first)
+    /// of pod `pod` (`<namespace>/<name>`), while it runs.
+    pub fn exec_target(&self, pod: &str, container: &str) -> Option<(String, runtime::Exec)> {
+        let targets = self.execs.lock().expect("not poisoned");
+        targets
+            .range((pod.to_string(), 0)..=(pod.to_string(), usize::MAX))
+            .map(|(_, target)| target)
+            .find(|(name, _)| container.is_empty() || name == container)
+            .cloned()
+    }
 }
 
 impl Context {
@@ -474,6 +525,13 @@ async fn run_container(
             }
         };
         let started = Instant::now();
+        let _exec = ExecEntry::new(
+            &ctx.execs,
+            &launch.pod,
+            index,
+            &container.name,
+            child.exec(&launch.env, launch.namespaces),
+        );
         let has_readiness = container.readiness_probe.is_some();
         set(&|s| {
             s.running = true;

@@ -34,6 +34,7 @@ macro_rules! out_raw {
     }};
 }
 
+mod exec;
 mod kind;
 mod manifest;
 mod output;
@@ -115,6 +116,23 @@ enum Command {
         #[arg(long)]
         grace_period: Option<i64>,
     },
+    /// Runs a command in a pod's container, as `kubectl exec`:
+    /// `exec [-i] [-c CONTAINER] POD -- COMMAND [ARGS...]`; petctl ends
+    /// with the command's exit code.
+    Exec {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Pass standard input to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// A terminal (not supported yet).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Prints a pod's logs.
     Logs {
         pod: String,
@@ -158,6 +176,7 @@ impl Command {
             Command::Scale { .. } => "scale",
             Command::Delete { .. } => "delete",
             Command::Logs { .. } => "logs",
+            Command::Exec { .. } => "exec",
             Command::Proxy { .. } => "proxy",
             Command::Rollout { .. } => "rollout",
         }
@@ -166,7 +185,7 @@ impl Command {
 
 /// Standard output failed: a closed pipe ends petctl at once and quietly
 /// (its reader has all it wanted); anything else is reported.
-fn output_failed(e: std::io::Error) {
+pub(crate) fn output_failed(e: std::io::Error) {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
@@ -250,7 +269,7 @@ impl Clients {
 }
 
 /// Turns a gRPC error into a message a person can act on.
-fn explain(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn explain(status: tonic::Status) -> anyhow::Error {
     use tonic_types_free::details;
     match status.code() {
         tonic::Code::Unavailable => anyhow!(
@@ -666,6 +685,22 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
             tail,
             previous,
         } => logs(&c, &pod, container, tail, previous).await,
+        Command::Exec {
+            pod,
+            container,
+            stdin,
+            tty,
+            command,
+        } => {
+            let args = exec::ExecArgs {
+                pod,
+                container,
+                stdin,
+                tty,
+                command,
+            };
+            exec::exec(&c, args).await
+        }
         Command::Proxy { port, address } => {
             let info = c.info().await?;
             if info.api_http_addr.is_empty() {
@@ -687,7 +722,17 @@ async fn main() {
     let cli = Cli::parse();
     let trace = trace::Trace::start(cli.command.name());
     let outcome = run(cli, trace.interceptor()).await;
-    trace.end(outcome.is_err());
+    // A command that ran and failed is not petctl failing.
+    let exited = outcome
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<exec::Exited>())
+        .map(|e| e.0);
+    trace.end(outcome.is_err() && exited.is_none());
+    if let Some(code) = exited {
+        eprintln!("command terminated with exit code {code}");
+        std::process::exit(code);
+    }
     if let Err(e) = outcome {
         eprintln!("error: {e:#}");
         std::process::exit(1);

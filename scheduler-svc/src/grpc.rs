@@ -346,7 +346,92 @@ impl pods_server::Pods for PodsApi {
     ) -> Result<Response<v1::PodLogsResponse>, Status> {
         let mut r = request.into_inner();
         let ns = pods::parse_name(&r.namespace, &r.name)?;
-        let (pod, _) = self.pods.get(&ns, &r.name).await?;
+        let agent = self.agent_of(&ns, &r.name, "logs").await?;
+        r.namespace = ns;
+        agent
+            .client
+            .clone()
+            .pod_logs(r)
+            .await
+            .map_err(|status| agent.unavailable(status))
+    }
+
+    type ExecStream = AgentStream<v1::ExecResponse>;
+
+    async fn exec(
+        &self,
+        request: Request<tonic::Streaming<v1::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut input = request.into_inner();
+        let mut start = input
+            .message()
+            .await?
+            .and_then(|first| first.start)
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "start: the first message names the pod, the container and the command",
+                )
+            })?;
+        let ns = pods::parse_name(&start.namespace, &start.name)?;
+        let agent = self.agent_of(&ns, &start.name, "exec").await?;
+        start.namespace = ns;
+        // The first message, then whatever the client sends, until it
+        // stops or fails.
+        let first = v1::ExecRequest {
+            start: Some(start),
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let _ = tx.send(first).await;
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = input.message().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outgoing = ReceiverStream::new(rx);
+        let output = agent
+            .client
+            .clone()
+            .exec(outgoing)
+            .await
+            .map_err(|status| agent.unavailable(status))?
+            .into_inner();
+        Ok(Response::new(Box::pin(output)))
+    }
+}
+
+/// A stream answered by a node agent, passed on.
+pub type AgentStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+/// The node agent that runs a pod, as scheduler-svc reaches it.
+struct PodAgent {
+    client: v1::node_agent_client::NodeAgentClient<petset_core::serve::ServiceChannel>,
+    node: String,
+    endpoint: String,
+}
+
+impl PodAgent {
+    /// `status`, said in terms of the node when its agent did not answer.
+    fn unavailable(&self, status: Status) -> Status {
+        match status.code() {
+            tonic::Code::Unavailable => Status::unavailable(format!(
+                "node {}'s agent at {} does not answer: {}",
+                self.node,
+                self.endpoint,
+                status.message()
+            )),
+            _ => status,
+        }
+    }
+}
+
+impl PodsApi {
+    /// The agent of the node pod `ns/name` is bound to (`what` names the
+    /// call, for the error when the agent gave no address).
+    async fn agent_of(&self, ns: &str, name: &str, what: &str) -> Result<PodAgent, Status> {
+        let (pod, _) = self.pods.get(ns, name).await?;
         let node_name = pod.value.node.clone();
         let node: Versioned<crate::records::NodeRecord> = self
             .store
@@ -355,11 +440,9 @@ impl pods_server::Pods for PodsApi {
         let endpoint = node.value.agent_endpoint;
         if endpoint.is_empty() {
             return Err(Status::failed_precondition(format!(
-                "pod {ns}/{} runs on node {node_name}, whose agent serves no logs (it gave no address)",
-                r.name
+                "pod {ns}/{name} runs on node {node_name}, whose agent serves no {what} (it gave no address)"
             )));
         }
-        r.namespace = ns;
         let channel =
             petset_core::serve::lazy_channel("agent_endpoint", &format!("http://{endpoint}"))
                 .map_err(|e| {
@@ -367,16 +450,11 @@ impl pods_server::Pods for PodsApi {
                         "node {node_name}'s agent address {endpoint:?}: {e}"
                     ))
                 })?;
-        v1::node_agent_client::NodeAgentClient::new(channel)
-            .pod_logs(r)
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable => Status::unavailable(format!(
-                    "node {node_name}'s agent at {endpoint} does not answer: {}",
-                    status.message()
-                )),
-                _ => status,
-            })
+        Ok(PodAgent {
+            client: v1::node_agent_client::NodeAgentClient::new(channel),
+            node: node_name,
+            endpoint,
+        })
     }
 }
 

@@ -198,11 +198,36 @@ impl Exec {
     /// Runs `command` (program and arguments) with no input and its output
     /// discarded; answers its exit code (-1 when killed by a signal).
     pub async fn run(&self, command: &[String]) -> Result<i64, ExecError> {
+        if let Exec::Docker(target) = self {
+            return target.run(command).await;
+        }
+        self.command(command)?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map(|status| status.code().map_or(-1, i64::from))
+            .map_err(|e| ExecError(e.to_string()))
+    }
+
+    /// The process that runs `command` in the container (process runtime),
+    /// with the container's environment; its standard streams are the
+    /// caller's to set. The Docker runtime has none: it execs through the
+    /// engine.
+    pub fn command(&self, command: &[String]) -> Result<tokio::process::Command, ExecError> {
         let Some((program, args)) = command.split_first() else {
             return Err(ExecError("empty command".into()));
         };
-        let (env, mut command) = match self {
-            Exec::Docker(target) => return target.run(command).await,
+        let (env, mut c) = match self {
+            Exec::Docker(_) => {
+                return Err(ExecError(
+                    "exec through petset into a Docker-runtime container is not supported yet: \
+                     use `docker exec` on its node"
+                        .into(),
+                ));
+            }
             Exec::Host(env) => {
                 let mut c = tokio::process::Command::new(program);
                 c.args(args);
@@ -220,17 +245,8 @@ impl Exec {
                 (env, c)
             }
         };
-        command
-            .env_clear()
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .status()
-            .await
-            .map(|status| status.code().map_or(-1, i64::from))
-            .map_err(|e| ExecError(e.to_string()))
+        c.env_clear().envs(env.iter().cloned());
+        Ok(c)
     }
 }
 

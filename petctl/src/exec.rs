@@ -1,0 +1,111 @@
+//! `petctl exec`: a command in a pod's container, as `kubectl exec` runs
+//! it. scheduler-svc passes the stream to the node agent that runs the pod
+//! (as the API server passes exec to the kubelet); the agent runs the
+//! command in the container's namespaces with its environment.
+
+use std::io::{Read as _, Write as _};
+
+use anyhow::{Result, bail};
+use petset_proto::v1;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::Clients;
+
+/// The command ran and ended with a non-zero code: petctl ends with it.
+#[derive(Debug)]
+pub struct Exited(pub i32);
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command terminated with exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exited {}
+
+/// What to run, and where.
+pub struct ExecArgs {
+    /// The pod.
+    pub pod: String,
+    /// Its container; `None`: the first.
+    pub container: Option<String>,
+    /// Pass standard input.
+    pub stdin: bool,
+    /// A terminal.
+    pub tty: bool,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+}
+
+/// Runs the command; `Ok` when it ended with 0, [`Exited`] otherwise.
+pub async fn exec(c: &Clients, args: ExecArgs) -> Result<()> {
+    if args.tty {
+        bail!("-t: terminals are not supported yet; run without -t (-i passes standard input)");
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let start = v1::ExecRequest {
+        start: Some(v1::ExecStart {
+            namespace: c.namespace.clone(),
+            name: args.pod.clone(),
+            container: args.container.unwrap_or_default(),
+            command: args.command,
+            stdin: args.stdin,
+            tty: false,
+        }),
+        ..Default::default()
+    };
+    tx.send(start).await?;
+    if args.stdin {
+        // A thread of its own: a read of a terminal blocks until a line
+        // comes, and must not hold petctl open once the command ended.
+        std::thread::spawn(move || {
+            let mut input = std::io::stdin().lock();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let message = match input.read(&mut buf) {
+                    Ok(0) | Err(_) => v1::ExecRequest {
+                        stdin_closed: true,
+                        ..Default::default()
+                    },
+                    Ok(n) => v1::ExecRequest {
+                        stdin: buf[..n].to_vec(),
+                        ..Default::default()
+                    },
+                };
+                let last = message.stdin_closed;
+                if tx.blocking_send(message).is_err() || last {
+                    return;
+                }
+            }
+        });
+    } else {
+        drop(tx);
+    }
+    let mut output = c
+        .pods()
+        .exec(ReceiverStream::new(rx))
+        .await
+        .map_err(crate::explain)?
+        .into_inner();
+    let mut code = None;
+    while let Some(m) = output.message().await.map_err(crate::explain)? {
+        if !m.stdout.is_empty() {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(&m.stdout).and_then(|()| out.flush()) {
+                crate::output_failed(e);
+            }
+        }
+        if !m.stderr.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&m.stderr).and_then(|()| err.flush());
+        }
+        if let Some(c) = m.exit_code {
+            code = Some(c);
+        }
+    }
+    match code {
+        Some(0) => Ok(()),
+        Some(n) => Err(Exited(n).into()),
+        None => bail!("the command's end was not reported: the connection to its node broke"),
+    }
+}
