@@ -329,7 +329,17 @@ fn seconds(d: Duration) -> String {
 /// The pid of `node`'s agent (scripts/up's, or one this test started).
 pub fn agent_pid(node: &str) -> String {
     let pids = processes(&["node-agent", &format!("--name {node} ")]);
-    assert_eq!(pids.len(), 1, "{node}: {pids:?}");
+    let about = |pid: &String| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let cgroup = crate::node_fault::cgroup_of(pid).unwrap_or_default();
+        format!("{pid}: {stat} (cgroup {cgroup})")
+    };
+    assert_eq!(
+        pids.len(),
+        1,
+        "{node}: {:?}",
+        pids.iter().map(about).collect::<Vec<_>>()
+    );
     pids[0].clone()
 }
 

@@ -54,7 +54,12 @@ impl LocalStack {
     /// [`LocalStack::start`] with more environment for scripts/up and
     /// everything it starts.
     pub fn start_with(pod_net: &str, lease_ttl: u64, env: &[(&str, &str)]) -> LocalStack {
-        let dir = tempfile::tempdir().expect("a folder");
+        let mut dir = tempfile::tempdir().expect("a folder");
+        // PETSET_KEEP_STACK=1 keeps the folder (logs) after the test.
+        if std::env::var_os("PETSET_KEEP_STACK").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("the stack's folder (kept): {}", dir.path().display());
+        }
         // etcd's peer port is its client port + 1 (and up to three members
         // take two ports each), and the three agents take three ports from
         // the one given: each range is reserved whole.
@@ -145,7 +150,9 @@ impl Drop for LocalStack {
 /// their `argv[0]` is it, or ends in `/` and it) whose command line
 /// (arguments separated by spaces) contains each of the other `parts`. A
 /// shell or supervisor that merely names the program among its arguments
-/// (a test's watchdog, a pod's shim) is not one of them.
+/// (a test's watchdog, a pod's shim) is not one of them; nor is a child a
+/// match has just forked to start another program, which shows its
+/// parent's command line until it execs (an agent starting a pod).
 pub fn processes(parts: &[&str]) -> Vec<String> {
     let Some((program, rest)) = parts.split_first() else {
         return Vec::new();
@@ -163,6 +170,13 @@ pub fn processes(parts: &[&str]) -> Vec<String> {
             out.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
+    let parent = |pid: &String| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
+    };
+    let matched = out.clone();
+    out.retain(|pid| parent(pid).is_none_or(|p| !matched.contains(&p)));
     out
 }
 
