@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use petset_core::testing::Tied;
 
-use crate::local::{Double, LocalStack, Samples, processes};
+use crate::local::{Double, LocalStack, Samples};
 use crate::node_fault::NodeCgroups;
 use crate::{Petctl, PodRow, curl, wait_until};
 
@@ -324,23 +324,6 @@ fn spread(times: &[Duration], show: fn(Duration) -> String) -> (String, String) 
 
 fn seconds(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
-}
-
-/// The pid of `node`'s agent (scripts/up's, or one this test started).
-pub fn agent_pid(node: &str) -> String {
-    let pids = processes(&["node-agent", &format!("--name {node} ")]);
-    let about = |pid: &String| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let cgroup = crate::node_fault::cgroup_of(pid).unwrap_or_default();
-        format!("{pid}: {stat} (cgroup {cgroup})")
-    };
-    assert_eq!(
-        pids.len(),
-        1,
-        "{node}: {:?}",
-        pids.iter().map(about).collect::<Vec<_>>()
-    );
-    pids[0].clone()
 }
 
 /// `kill SIGNAL PID`, which must succeed.

@@ -121,6 +121,26 @@ impl LocalStack {
         }
     }
 
+    /// The pid of `node`'s agent that runs now (scripts/up's, or one a
+    /// test started again): of this stack's, by its data folder, not of
+    /// another stack on the machine.
+    pub fn running_agent(&self, node: &str) -> String {
+        let data = format!("--data-dir {} ", self.dir.path().join(node).display());
+        let pids = processes(&["node-agent", &format!("--name {node} "), &data]);
+        let about = |pid: &String| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cgroup = crate::node_fault::cgroup_of(pid).unwrap_or_default();
+            format!("{pid}: {stat} (cgroup {cgroup})")
+        };
+        assert_eq!(
+            pids.len(),
+            1,
+            "{node}: {:?}",
+            pids.iter().map(about).collect::<Vec<_>>()
+        );
+        pids[0].clone()
+    }
+
     /// The pid of a node's agent, as scripts/up wrote it.
     pub fn agent_pid(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{node}.pid")))
@@ -290,10 +310,13 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Starts sampling.
-    pub fn start() -> Sampler {
+    /// Starts sampling the pods of the stack whose pod addresses are in
+    /// `pod_net` (`a.b`, as given to [`LocalStack::start`]): another
+    /// stack's pods on the machine are not this one's copies.
+    pub fn start(pod_net: &str) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let ours = format!("POD_IP={pod_net}.");
         let program = binary("kubia-pet").to_str().expect("UTF-8").to_string();
         let mount = crate::node_fault::cgroup2_mount();
         let thread = std::thread::spawn(move || {
@@ -301,6 +324,13 @@ impl Sampler {
             while !flag.load(Ordering::Relaxed) {
                 let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for (pid, pod) in pods_running(&program) {
+                    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                    if !String::from_utf8_lossy(&env)
+                        .split('\0')
+                        .any(|v| v.starts_with(&ours))
+                    {
+                        continue;
+                    }
                     let stopped = mount.as_deref().is_some_and(|m| {
                         crate::node_fault::cgroup_of(&pid)
                             .is_some_and(|c| crate::node_fault::frozen(m, &c))

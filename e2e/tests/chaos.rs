@@ -26,8 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use petset_e2e::chaos::{
-    Chaos, DEADLINE, Outcome, PODS, agent_pid, cmdline, node_of, report, restarted, run_kill,
-    trials,
+    Chaos, DEADLINE, Outcome, PODS, cmdline, node_of, report, restarted, run_kill, trials,
 };
 use petset_e2e::local::{Resume, Sampler, alive, process_of, processes};
 use petset_e2e::{binary, free_port, wait_until};
@@ -48,7 +47,7 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
         );
     }
     let mut chaos = Chaos::start("127.78", LEASE_TTL, &[]);
-    let sampler = Sampler::start();
+    let sampler = Sampler::start("127.78");
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
 
     for trial in 0..trials {
@@ -80,7 +79,7 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
 fn agent_hung(chaos: &Chaos, pod: &str, tag: &str, outcomes: &mut BTreeMap<&str, Outcome>) {
     let (node, on) = node_of(&chaos.ready(), pod);
     let acked = chaos.write_all(tag);
-    let resume = Resume(agent_pid(&node));
+    let resume = Resume(chaos.stack.running_agent(&node));
     run_kill("-STOP", &resume.0);
     let start = Instant::now();
     chaos.moved_off(&node, &on);
@@ -97,7 +96,7 @@ fn agent_hung(chaos: &Chaos, pod: &str, tag: &str, outcomes: &mut BTreeMap<&str,
 fn agent_killed(chaos: &mut Chaos, pod: &str, tag: &str, outcomes: &mut BTreeMap<&str, Outcome>) {
     let (node, on) = node_of(&chaos.ready(), pod);
     let acked = chaos.write_all(tag);
-    let pid = agent_pid(&node);
+    let pid = chaos.stack.running_agent(&node);
     let args = chaos.cgroups.command_in(&node, &cmdline(&pid));
     run_kill("-KILL", &pid);
     let start = Instant::now();

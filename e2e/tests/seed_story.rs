@@ -458,7 +458,7 @@ fn the_seed_story_with_the_real_binaries() {
     let old = process_of("kubia-0", &hung.2).expect("kubia-0 runs");
     let agent =
         std::fs::read_to_string(stack.local.dir.path().join(format!("{}.pid", hung.3))).unwrap();
-    let sampler = Sampler::start();
+    let sampler = Sampler::start("127.77");
     let resume = Resume(agent.trim().to_string());
     run("kill", &["-STOP", &resume.0]);
     let stopped = Instant::now();
