@@ -28,6 +28,7 @@ pub mod lease_service;
 pub mod meta;
 pub mod names;
 pub mod quantity;
+pub mod security;
 pub mod selector;
 pub mod serve;
 pub mod shutdown;

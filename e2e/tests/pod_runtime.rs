@@ -73,6 +73,95 @@ spec:
       resources: {requests: {storage: 1Mi}}
 "#;
 
+/// Runs as uid 1000 in group 3000 with no capabilities, its volume given
+/// to fsGroup 2000, its root read-only.
+const SECURE: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: secure
+spec:
+  serviceName: kubia
+  replicas: 1
+  selector:
+    matchLabels: {app: secure}
+  template:
+    metadata:
+      labels: {app: secure}
+    spec:
+      securityContext:
+        runAsUser: 1000
+        runAsGroup: 3000
+        fsGroup: 2000
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+      - name: main
+        image: busybox
+        command:
+        - /bin/sh
+        - -c
+        - >-
+          echo "ids `id -u` `id -g` `id -G`";
+          grep CapEff /proc/self/status;
+          echo by-1000 > /var/data/file && echo "volume writable";
+          exec sleep 3600
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {drop: [ALL]}
+        volumeMounts:
+        - {name: data, mountPath: /var/data}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Mi}}
+"#;
+
+/// `petctl --server SERVER exec ARGS`, with `input` on its standard input:
+/// its exit code, standard output and standard error.
+fn exec(server: &str, args: &[&str], input: Option<&str>) -> (Option<i32>, String, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(binary("petctl"))
+        .args(["--server", server, "exec"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("petctl starts");
+    let mut stdin = child.stdin.take().expect("piped");
+    if let Some(input) = input {
+        stdin.write_all(input.as_bytes()).expect("petctl reads");
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("petctl runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The lines of a pod's log once it has `lines` of them.
+fn log_lines(petctl: &Petctl, pod: &str, lines: usize) -> Vec<String> {
+    wait_until(
+        &format!("{pod}'s first {lines} lines"),
+        Duration::from_secs(120),
+        || {
+            let logs = std::process::Command::new(binary("petctl"))
+                .args(["--server", &petctl.server, "logs", pod])
+                .output()
+                .ok()?;
+            let logs: Vec<String> = String::from_utf8_lossy(&logs.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            (logs.len() >= lines).then_some(logs)
+        },
+    )
+}
+
 #[test]
 fn env_value_from_and_var_expansion_follow_kubernetes() {
     let stack = LocalStack::start("127.84", 10);
@@ -141,28 +230,7 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
 
     // petctl exec runs in the pod, with its environment, and ends with the
     // command's code; the probe follows what it does to the volume.
-    let exec = |args: &[&str], input: Option<&str>| {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new(binary("petctl"))
-            .args(["--server", &petctl.server, "exec"])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("petctl starts");
-        let mut stdin = child.stdin.take().expect("piped");
-        if let Some(input) = input {
-            stdin.write_all(input.as_bytes()).expect("petctl reads");
-        }
-        drop(stdin);
-        let out = child.wait_with_output().expect("petctl runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let exec = |args: &[&str], input: Option<&str>| exec(&petctl.server, args, input);
     assert_eq!(
         exec(&["envtest-0", "--", "hostname"], None),
         (Some(0), "envtest-0\n".to_string(), String::new())
@@ -203,6 +271,84 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         Some(0)
     );
     ready(true);
+
+    // A root container holds the default capabilities (containerd's and
+    // Docker's set), not all of root's.
+    assert_eq!(
+        exec(
+            &["envtest-0", "--", "grep", "CapBnd", "/proc/self/status"],
+            None
+        )
+        .1,
+        "CapBnd:\t00000000a80425fb\n"
+    );
+
+    // securityContext: the user, group and groups asked, no capabilities,
+    // the volume writable through fsGroup, the root read-only; exec runs
+    // as the container does.
+    petctl.apply(SECURE);
+    let lines = log_lines(&petctl, "secure-0", 3);
+    assert_eq!(
+        lines[..3],
+        [
+            "ids 1000 3000 3000 2000",
+            "CapEff:\t0000000000000000",
+            "volume writable"
+        ]
+    );
+    assert_eq!(
+        exec(&["secure-0", "--", "id", "-u"], None),
+        (Some(0), "1000\n".to_string(), String::new())
+    );
+    let (code, _, err) = exec(
+        &["secure-0", "--", "touch", "/var/tmp/petset-ro-probe"],
+        None,
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!std::path::Path::new("/var/tmp/petset-ro-probe").exists());
+    assert_eq!(
+        exec(
+            &["secure-0", "--", "grep", "NoNewPrivs", "/proc/self/status"],
+            None
+        )
+        .1,
+        "NoNewPrivs:\t1\n"
+    );
+    // runAsNonRoot without a user: refused at start, said in the status.
+    let root = SECURE
+        .replace("name: secure", "name: nonroot")
+        .replace("app: secure", "app: nonroot")
+        .replace("runAsUser: 1000", "runAsNonRoot: true");
+    petctl.apply(&root);
+    let reason = wait_until(
+        "nonroot-0's waiting reason",
+        Duration::from_secs(60),
+        || {
+            let out = std::process::Command::new(binary("petctl"))
+                .args([
+                    "--server",
+                    &petctl.server,
+                    "get",
+                    "pod",
+                    "nonroot-0",
+                    "-o",
+                    "json",
+                ])
+                .output()
+                .ok()?;
+            let pod: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let status = &pod["status"];
+            status["reason"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!("{r}: {}", status["message"].as_str().unwrap_or_default()))
+        },
+    );
+    assert!(
+        reason.starts_with("CreateContainerConfigError") && reason.contains("runAsNonRoot"),
+        "{reason}"
+    );
 
     // Refused at apply, naming the field and what to do instead.
     let config = SET.replace(

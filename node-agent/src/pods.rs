@@ -251,6 +251,20 @@ pub async fn supervise(
         }
     }
 
+    // fsGroup: the pod's volumes belong to that group, group-writable, as
+    // the kubelet makes them (fsGroupChangePolicy Always).
+    if let Some(gid) = spec.security_context.as_ref().and_then(|s| s.fs_group)
+        && rustix::process::getuid().is_root()
+    {
+        for path in volumes.values() {
+            let path = path.clone();
+            let given = tokio::task::spawn_blocking(move || give_to_group(&path, gid as u32)).await;
+            if let Ok(Err(e)) = given {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "fsGroup: a volume was not given to the group");
+            }
+        }
+    }
+
     // Containers.
     let (state_tx, mut state_rx) =
         watch::channel(vec![ContainerState::default(); spec.containers.len()]);
@@ -385,6 +399,48 @@ fn launch_for(
     let mut env = crate::env::environment(&facts, container)?;
     let command = crate::env::expand_all(&container.command, &env);
     let args = crate::env::expand_all(&container.args, &env);
+    let namespaces = matches!(
+        ctx.runtime,
+        Runtime::Process {
+            namespaces: true,
+            ..
+        }
+    );
+    // Whom it runs as: the pod's and the container's security contexts
+    // over the runtime's user (the agent's, for processes).
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    let security = petset_core::security::Effective::resolve(
+        spec.security_context.as_ref(),
+        container.security_context.as_ref(),
+        uid,
+        gid,
+    );
+    if security.run_as_non_root && security.uid == 0 {
+        return Err(format!(
+            "container {} has runAsNonRoot and would run as root (uid 0): set runAsUser",
+            container.name
+        ));
+    }
+    let asked = (security.uid, security.gid) != (uid, gid)
+        || !security.groups.is_empty()
+        || security.read_only_root;
+    if asked
+        && matches!(
+            ctx.runtime,
+            Runtime::Process {
+                namespaces: false,
+                ..
+            }
+        )
+    {
+        return Err(format!(
+            "container {}'s securityContext (user {}, group {}, groups {:?}, read-only root {}) needs the node agent to run as root",
+            container.name, security.uid, security.gid, security.groups, security.read_only_root
+        ));
+    }
     let mut argv = Vec::new();
     let mut image = container.image.clone();
     match &ctx.runtime {
@@ -465,14 +521,34 @@ fn launch_for(
             .then(|| PathBuf::from(&container.working_dir)),
         hostname,
         mounts,
-        namespaces: matches!(
-            ctx.runtime,
-            Runtime::Process {
-                namespaces: true,
-                ..
-            }
+        namespaces,
+        user: named_user(
+            spec.security_context.as_ref(),
+            container.security_context.as_ref(),
         ),
+        security,
     })
+}
+
+/// `uid:gid` (or `uid`) when a security context names a user or group
+/// (the Docker runtime's `User`); `None` leaves the image's.
+fn named_user(
+    pod: Option<&v1::PodSecurityContext>,
+    container: Option<&v1::SecurityContext>,
+) -> Option<String> {
+    let uid = container
+        .and_then(|c| c.run_as_user)
+        .or(pod.and_then(|p| p.run_as_user));
+    let gid = container
+        .and_then(|c| c.run_as_group)
+        .or(pod.and_then(|p| p.run_as_group));
+    match (uid, gid) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        // A group alone cannot be said to the engine without a user: the
+        // image's user and group.
+        (None, _) => None,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -530,7 +606,7 @@ async fn run_container(
             &launch.pod,
             index,
             &container.name,
-            child.exec(&launch.env, launch.namespaces),
+            child.exec(&launch),
         );
         let has_readiness = container.readiness_probe.is_some();
         set(&|s| {
@@ -550,7 +626,7 @@ async fn run_container(
                 let (tx, ports, exec) = (
                     probe_tx.clone(),
                     container.ports.clone(),
-                    child.exec(&launch.env, launch.namespaces),
+                    child.exec(&launch),
                 );
                 probe_tasks.spawn(probe_loop(kind, probe, ip, ports, exec, tx));
             }
@@ -763,4 +839,34 @@ impl Reporter {
         }
         delivered
     }
+}
+
+/// Gives `root` and everything under it to group `gid` (symbolic links
+/// themselves, not what they point to): readable and writable by the
+/// group, folders searchable and setgid (new files join the group), files
+/// executable by the group where their owner may execute them.
+fn give_to_group(root: &std::path::Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        std::os::unix::fs::lchown(&path, None, Some(gid))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        let mut wanted = mode | 0o060;
+        if meta.is_dir() {
+            wanted |= 0o2010;
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        } else if mode & 0o100 != 0 {
+            wanted |= 0o010;
+        }
+        if wanted != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wanted))?;
+        }
+    }
+    Ok(())
 }

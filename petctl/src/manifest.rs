@@ -70,7 +70,7 @@ const KINDS: [&str; 6] = [
 ];
 
 /// Fields Kubernetes has that petset ignores, with why.
-const IGNORED: [(&str, &str); 7] = [
+const IGNORED: [(&str, &str); 13] = [
     ("imagePullPolicy", "images are mapped to local programs"),
     ("terminationMessagePath", "not kept"),
     ("terminationMessagePolicy", "not kept"),
@@ -79,7 +79,13 @@ const IGNORED: [(&str, &str); 7] = [
         "pods use the cluster's DNS as configured on the node",
     ),
     ("schedulerName", "petset places pods itself"),
-    ("securityContext", "pods run as the node agent's user"),
+    ("seccompProfile", "no seccomp filter is applied yet"),
+    ("appArmorProfile", "no AppArmor profile is applied"),
+    ("seLinuxOptions", "no SELinux label is applied"),
+    ("windowsOptions", "Linux nodes only"),
+    ("procMount", "the node's /proc is used"),
+    ("fsGroupChangePolicy", "volumes are always given to fsGroup"),
+    ("sysctls", "pods share the node's kernel settings"),
     (
         "sessionAffinity",
         "headless services have no virtual address",

@@ -305,6 +305,24 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
             "at least one container is required",
         );
     }
+    if let Some(sc) = &pod.security_context {
+        let at = format!("{ps}.security_context");
+        for (field, value) in [
+            ("run_as_user", sc.run_as_user),
+            ("run_as_group", sc.run_as_group),
+            ("fs_group", sc.fs_group),
+        ] {
+            if let Some(value) = value {
+                v.check(format!("{at}.{field}"), petset_core::security::id(value));
+            }
+        }
+        for (j, g) in sc.supplemental_groups.iter().enumerate() {
+            v.check(
+                format!("{at}.supplemental_groups[{j}]"),
+                petset_core::security::id(*g),
+            );
+        }
+    }
     let all_containers: Vec<String> = pod.containers.iter().map(|c| c.name.clone()).collect();
     let mut container_names = Vec::new();
     for (i, c) in pod.containers.iter_mut().enumerate() {
@@ -372,6 +390,9 @@ pub fn parse(set: Option<&v1::StatefulSet>) -> Result<SetInput> {
         }
         for j in 0..c.env_from.len() {
             v.add(format!("{at}.env_from[{j}]"), NO_CONFIG);
+        }
+        if let Some(sc) = &c.security_context {
+            check_security(&format!("{at}.security_context"), sc, &mut v);
         }
         if let Some(resources) = &c.resources {
             check_resources(&format!("{at}.resources"), resources, &mut v);
@@ -749,6 +770,35 @@ fn check_env_source(at: &str, from: &v1::EnvVarSource, containers: &[String], v:
     }
 }
 
+/// Checks a container's security context: ids in range, capabilities that
+/// exist, and no contradiction Kubernetes refuses.
+fn check_security(at: &str, sc: &v1::SecurityContext, v: &mut Violations) {
+    for (field, value) in [
+        ("run_as_user", sc.run_as_user),
+        ("run_as_group", sc.run_as_group),
+    ] {
+        if let Some(value) = value {
+            v.check(format!("{at}.{field}"), petset_core::security::id(value));
+        }
+    }
+    if let Some(caps) = &sc.capabilities {
+        for (list, names) in [("add", &caps.add), ("drop", &caps.drop)] {
+            for (j, name) in names.iter().enumerate() {
+                v.check(
+                    format!("{at}.capabilities.{list}[{j}]"),
+                    petset_core::security::capability(name).map(|_| ()),
+                );
+            }
+        }
+    }
+    if sc.privileged == Some(true) && sc.allow_privilege_escalation == Some(false) {
+        v.add(
+            format!("{at}.allow_privilege_escalation"),
+            "cannot set allowPrivilegeEscalation to false and privileged to true",
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,6 +940,35 @@ mod tests {
                 "{var:?}"
             );
         }
+        let bad_security = v1::Container {
+            name: "web".into(),
+            image: "web".into(),
+            security_context: Some(v1::SecurityContext {
+                run_as_user: Some(-1),
+                capabilities: Some(v1::Capabilities {
+                    add: vec!["NET_ADMIN".into(), "FLY".into()],
+                    drop: vec!["all".into()],
+                }),
+                privileged: Some(true),
+                allow_privilege_escalation: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fields: Vec<String> = match parse(Some(&set_with(bad_security))) {
+            Err(Error::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        };
+        assert_eq!(
+            fields,
+            [
+                format!("{at}.security_context.run_as_user"),
+                format!("{at}.security_context.capabilities.add[1]"),
+                format!("{at}.security_context.allow_privilege_escalation"),
+            ]
+        );
         let env_from = vec![v1::EnvFromSource {
             prefix: String::new(),
             config_map_ref: Some(v1::ObjectReference {

@@ -220,6 +220,7 @@ impl DockerRuntime {
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: spec.working_dir.map(str::to_string),
             hostname: Some(spec.hostname.to_string()),
+            user: spec.user.clone(),
             labels: Some(labels),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -235,6 +236,22 @@ impl DockerRuntime {
                 dns: (!self.dns.is_empty()).then(|| self.dns.clone()),
                 dns_search: (!self.dns.is_empty()).then_some(search),
                 auto_remove: Some(true),
+                // The resolved set, from nothing: the engine's default set
+                // is the same one it starts from.
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(
+                    spec.security
+                        .capabilities
+                        .iter()
+                        .map(|c| format!("CAP_{c}"))
+                        .collect(),
+                ),
+                security_opt: spec
+                    .security
+                    .no_new_privs
+                    .then(|| vec!["no-new-privileges".to_string()]),
+                readonly_rootfs: Some(spec.security.read_only_root),
+                group_add: Some(spec.security.groups.iter().map(u32::to_string).collect()),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
@@ -374,6 +391,11 @@ pub struct ContainerSpec<'a> {
     pub ip: Ipv4Addr,
     /// `(host directory, mountPath)`.
     pub mounts: &'a [(std::path::PathBuf, String)],
+    /// `uid:gid` when the security context names a user or group; else
+    /// the image's user.
+    pub user: Option<String>,
+    /// Groups, capabilities, no_new_privs, read-only root.
+    pub security: &'a petset_core::security::Effective,
 }
 
 /// A started container.

@@ -178,6 +178,9 @@ pub enum Exec {
         env: Vec<(String, String)>,
         /// The container's group leader (its shim, or its wrapper).
         leader: u32,
+        /// What runs a command as the container's user (setpriv and its
+        /// options), before the command.
+        as_user: Vec<String>,
     },
     /// Inside the container (Docker runtime).
     Docker(docker::ExecTarget),
@@ -233,7 +236,11 @@ impl Exec {
                 c.args(args);
                 (env, c)
             }
-            Exec::Inside { env, leader } => {
+            Exec::Inside {
+                env,
+                leader,
+                as_user,
+            } => {
                 let target = namespaced_descendant(*leader).ok_or_else(|| {
                     ExecError("the container's namespaces are not there (it is not running)".into())
                 })?;
@@ -241,6 +248,7 @@ impl Exec {
                 c.arg("--target")
                     .arg(target.to_string())
                     .args(["--mount", "--uts", "--"])
+                    .args(as_user)
                     .args(command);
                 (env, c)
             }
@@ -346,13 +354,18 @@ impl Running {
         }
     }
 
-    /// Where this container's exec probes run: inside it when it has
-    /// namespaces of its own (`namespaces`), else on the host.
-    pub fn exec(&self, env: &BTreeMap<String, String>, namespaces: bool) -> Exec {
-        let env = env.clone().into_iter().collect();
+    /// Where commands run in this container (exec probes, `petctl exec`):
+    /// inside it, as its user, when it has namespaces of its own; else on
+    /// the host.
+    pub fn exec(&self, launch: &Launch) -> Exec {
+        let env = launch.env.clone().into_iter().collect();
         match self {
             Running::Process(child) => match child.id() {
-                Some(leader) if namespaces => Exec::Inside { env, leader },
+                Some(leader) if launch.namespaces => Exec::Inside {
+                    env,
+                    leader,
+                    as_user: launch.as_user(&[]),
+                },
                 _ => Exec::Host(env),
             },
             Running::Docker(c) => Exec::Docker(c.exec_target()),
@@ -390,27 +403,46 @@ pub struct Launch {
     pub mounts: Vec<(PathBuf, String)>,
     /// Own namespaces (root), or a plain process.
     pub namespaces: bool,
+    /// Who the container runs as, with which capabilities (its security
+    /// context, resolved).
+    pub security: petset_core::security::Effective,
+    /// Docker runtime: `uid:gid` when the security context names either.
+    pub user: Option<String>,
 }
 
 /// The script run inside the new namespaces: set the hostname, bind the
-/// volumes, then become the container's program. Its arguments: the
-/// hostname, the number of mounts, each mount's source and target, then
-/// the program and its arguments: nothing of the agent's travels in the
-/// environment, which is the container's alone.
+/// volumes, make the root read-only when asked (in this mount namespace
+/// only; the volumes, mounted on it, stay writable), then become the
+/// container's program (through setpriv, which sets its user, groups and
+/// capabilities). Its arguments: the hostname, `ro` or `rw`, the number of
+/// mounts, each mount's source and target, then the command: nothing of
+/// the agent's travels in the environment, which is the container's alone.
 const INSIDE: &str = r#"set -e
 hostname "$1"
-n=$2
-shift 2
+root=$2
+n=$3
+shift 3
 while [ "$n" -gt 0 ]; do
   mkdir -p "$2"
   mount --bind "$1" "$2"
   shift 2
   n=$((n - 1))
 done
+if [ "$root" = ro ]; then mount -o remount,bind,ro /; fi
 exec "$@"
 "#;
 
 impl Launch {
+    /// `command` run as the container's user, groups and capabilities
+    /// (util-linux setpriv; the caller is root).
+    pub fn as_user(&self, command: &[String]) -> Vec<String> {
+        let mut argv = vec![host_program("setpriv").display().to_string()];
+        argv.extend(self.security.setpriv_args());
+        argv.push("--".into());
+        argv.extend(command.iter().cloned());
+        argv
+    }
+
     /// Starts run `restarts` of the container on `runtime`, its output
     /// appended to `log`.
     pub async fn start(
@@ -446,6 +478,8 @@ impl Launch {
                     hostname: &self.hostname,
                     ip: self.ip,
                     mounts: &self.mounts,
+                    user: self.user.clone(),
+                    security: &self.security,
                 };
                 docker.start(&spec, log).await.map(Running::Docker)
             }
@@ -482,15 +516,24 @@ impl Launch {
                     "petset-container",
                 ])
                 .arg(&self.hostname)
+                .arg(if self.security.read_only_root {
+                    "ro"
+                } else {
+                    "rw"
+                })
                 .arg(self.mounts.len().to_string());
             for (src, dst) in &self.mounts {
                 c.arg(src).arg(dst);
             }
-            c.args(&self.argv);
+            c.args(self.as_user(&self.argv));
             c
         } else {
             let mut c = new("setpriv");
-            c.args(["--pdeathsig", "KILL", "--"]).args(&self.argv);
+            c.arg("--pdeathsig=KILL");
+            if self.security.no_new_privs {
+                c.arg("--no-new-privs");
+            }
+            c.arg("--").args(&self.argv);
             c
         };
         command
