@@ -40,7 +40,9 @@ spec:
           agent=${PETSET_STACK_DIR:-none} shellip=$MY_IP"
           'literal=$$(MY_NAME) unknown=$(NOT_DEFINED)';
           touch /var/data/ready;
-          exec sleep 3600
+          while :; do
+          if [ -f /var/data/say ]; then cat /var/data/say; rm -f /var/data/say; fi;
+          sleep 0.2; done
         readinessProbe:
           exec:
             command: [test, -f, /var/data/ready]
@@ -349,6 +351,52 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         reason.starts_with("CreateContainerConfigError") && reason.contains("runAsNonRoot"),
         "{reason}"
     );
+
+    // logs -f: what the container writes as it writes it, until it ends.
+    let mut follower = std::process::Command::new(binary("petctl"))
+        .args(["--server", &petctl.server, "logs", "-f", "envtest-0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("petctl starts");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line = || {
+        lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a line")
+    };
+    assert!(next_line().starts_with("name=envtest-0 "));
+    assert_eq!(
+        exec(
+            &[
+                "envtest-0",
+                "--",
+                "sh",
+                "-c",
+                "echo said-later > /var/data/say"
+            ],
+            None
+        )
+        .0,
+        Some(0)
+    );
+    assert_eq!(next_line(), "said-later");
+    petctl.run(&["delete", "pod", "envtest-0"]);
+    let ended = wait_until(
+        "logs -f to end with its container",
+        Duration::from_secs(60),
+        || follower.try_wait().expect("petctl runs"),
+    );
+    assert!(ended.success(), "{ended}");
 
     // Refused at apply, naming the field and what to do instead.
     let config = SET.replace(

@@ -145,6 +145,97 @@ impl NodeAgent for LogsApi {
         request: Request<v1::PodLogsRequest>,
     ) -> Result<Response<v1::PodLogsResponse>, Status> {
         let r = request.into_inner();
+        let (container, file) = self.log_file(&r).await?;
+        let text = tokio::fs::read_to_string(&file)
+            .await
+            .map_err(|_| no_logs(&r, &container))?;
+        Ok(Response::new(v1::PodLogsResponse {
+            container,
+            text: tail(text, r.tail_lines),
+        }))
+    }
+
+    type FollowPodLogsStream =
+        Pin<Box<dyn Stream<Item = Result<v1::PodLogsResponse, Status>> + Send>>;
+
+    async fn follow_pod_logs(
+        &self,
+        request: Request<v1::PodLogsRequest>,
+    ) -> Result<Response<Self::FollowPodLogsStream>, Status> {
+        let r = request.into_inner();
+        if r.previous {
+            return Err(Status::invalid_argument(
+                "previous: a previous run's log does not grow; ask PodLogs",
+            ));
+        }
+        let (container, path) = self.log_file(&r).await?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| no_logs(&r, &container))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .await
+            .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
+        let first = tail(text, r.tail_lines);
+        let pod = format!(
+            "{}/{}",
+            validate::namespace_or_default(&r.namespace),
+            r.name
+        );
+        let ctx = self.ctx.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let send = |text: String| {
+                let tx = tx.clone();
+                let container = container.clone();
+                async move {
+                    tx.send(Ok(v1::PodLogsResponse { container, text }))
+                        .await
+                        .is_ok()
+                }
+            };
+            if !first.is_empty() && !send(first).await {
+                return;
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                // Whether the container still runs, asked before reading:
+                // what it wrote before it ended is read after.
+                let running = ctx.exec_target(&pod, &container).is_some();
+                let mut read = Vec::new();
+                while let Ok(n) = file.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    read.extend_from_slice(&buf[..n]);
+                }
+                if !read.is_empty() && !send(String::from_utf8_lossy(&read).into_owned()).await {
+                    return;
+                }
+                // Ended, or restarted (its log moved to .previous.log).
+                if !running || !same_file(&file, &path).await {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_PERIOD) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How often a followed log is looked at for more.
+const FOLLOW_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl LogsApi {
+    /// The container a logs request means (its only or first one when it
+    /// names none) and its log file on this node.
+    async fn log_file(
+        &self,
+        r: &v1::PodLogsRequest,
+    ) -> Result<(String, std::path::PathBuf), Status> {
         let namespace = validate::namespace_or_default(&r.namespace);
         let mut v = Violations::new();
         v.check("namespace", validate::dns1123_label(&namespace));
@@ -187,21 +278,37 @@ impl NodeAgent for LogsApi {
         } else {
             format!("{container}.log")
         });
-        let text = tokio::fs::read_to_string(&file).await.map_err(|_| {
-            Status::not_found(format!(
-                "no {}logs for container {container} of pod {namespace}/{}",
-                if r.previous { "previous " } else { "" },
-                r.name
-            ))
-        })?;
-        let text = if r.tail_lines > 0 {
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(r.tail_lines as usize);
-            lines[from..].iter().map(|l| format!("{l}\n")).collect()
-        } else {
-            text
-        };
-        Ok(Response::new(v1::PodLogsResponse { container, text }))
+        Ok((container, file))
+    }
+}
+
+/// NOT_FOUND for a container's log that is not there.
+fn no_logs(r: &v1::PodLogsRequest, container: &str) -> Status {
+    Status::not_found(format!(
+        "no {}logs for container {container} of pod {}/{}",
+        if r.previous { "previous " } else { "" },
+        validate::namespace_or_default(&r.namespace),
+        r.name
+    ))
+}
+
+/// The last `lines` lines of `text` (all of it for 0).
+fn tail(text: String, lines: i64) -> String {
+    if lines <= 0 {
+        return text;
+    }
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines as usize);
+    all[from..].iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// Whether `path` is still the file `file` has open (a restart moves the
+/// log aside and starts a new one).
+async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(open), Ok(now)) => open.ino() == now.ino() && open.dev() == now.dev(),
+        _ => false,
     }
 }
 

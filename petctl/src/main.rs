@@ -143,6 +143,9 @@ enum Command {
         /// The previous run (before the last restart).
         #[arg(short = 'p', long)]
         previous: bool,
+        /// Go on printing what the container writes, until it ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Opens a local port that forwards to the API's HTTP side (the pod and
     /// service proxy), as `kubectl proxy` does.
@@ -551,35 +554,36 @@ async fn delete(
     Ok(())
 }
 
-async fn logs(
-    c: &Clients,
-    pod: &str,
-    container: Option<String>,
-    tail: Option<i64>,
-    previous: bool,
-) -> Result<()> {
+async fn logs(c: &Clients, request: v1::PodLogsRequest, follow: bool) -> Result<()> {
     // scheduler-svc asks the pod's node agent, as the API server asks the
     // kubelet: only scheduler-svc need be reachable.
-    let r = c
+    let from_node = |status: tonic::Status| {
+        // scheduler-svc answered, but the node's agent did not.
+        if status.code() == tonic::Code::Unavailable && status.message().starts_with("node ") {
+            anyhow!("Error from server: {}", status.message())
+        } else {
+            explain(status)
+        }
+    };
+    if !follow {
+        let r = c
+            .pods()
+            .pod_logs(request)
+            .await
+            .map_err(from_node)?
+            .into_inner();
+        out_raw!("{}", r.text);
+        return Ok(());
+    }
+    let mut stream = c
         .pods()
-        .pod_logs(v1::PodLogsRequest {
-            namespace: c.namespace.clone(),
-            name: pod.into(),
-            container: container.unwrap_or_default(),
-            tail_lines: tail.unwrap_or(0),
-            previous,
-        })
+        .follow_pod_logs(request)
         .await
-        .map_err(|status| {
-            // scheduler-svc answered, but the node's agent did not.
-            if status.code() == tonic::Code::Unavailable && status.message().starts_with("node ") {
-                anyhow!("Error from server: {}", status.message())
-            } else {
-                explain(status)
-            }
-        })?
+        .map_err(from_node)?
         .into_inner();
-    out_raw!("{}", r.text);
+    while let Some(r) = stream.message().await.map_err(from_node)? {
+        out_raw!("{}", r.text);
+    }
     Ok(())
 }
 
@@ -684,7 +688,17 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
             container,
             tail,
             previous,
-        } => logs(&c, &pod, container, tail, previous).await,
+            follow,
+        } => {
+            let request = v1::PodLogsRequest {
+                namespace: c.namespace.clone(),
+                name: pod,
+                container: container.unwrap_or_default(),
+                tail_lines: tail.unwrap_or(0),
+                previous,
+            };
+            logs(&c, request, follow).await
+        }
         Command::Exec {
             pod,
             container,

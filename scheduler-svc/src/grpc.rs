@@ -356,6 +356,26 @@ impl pods_server::Pods for PodsApi {
             .map_err(|status| agent.unavailable(status))
     }
 
+    type FollowPodLogsStream = AgentStream<v1::PodLogsResponse>;
+
+    async fn follow_pod_logs(
+        &self,
+        request: Request<v1::PodLogsRequest>,
+    ) -> Result<Response<Self::FollowPodLogsStream>, Status> {
+        let mut r = request.into_inner();
+        let ns = pods::parse_name(&r.namespace, &r.name)?;
+        let agent = self.agent_of(&ns, &r.name, "logs").await?;
+        r.namespace = ns;
+        let stream = agent
+            .client
+            .clone()
+            .follow_pod_logs(r)
+            .await
+            .map_err(|status| agent.unavailable(status))?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     type ExecStream = AgentStream<v1::ExecResponse>;
 
     async fn exec(
