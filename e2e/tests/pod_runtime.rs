@@ -352,6 +352,34 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         "{reason}"
     );
 
+    // port-forward: a local port relayed to kubia-0's 8080 through
+    // scheduler-svc and its node agent, both ways, one connection after
+    // another.
+    let local = petset_e2e::free_port();
+    let mut forward = std::process::Command::new(binary("petctl"))
+        .args(["--server", &petctl.server, "port-forward", "kubia-0"])
+        .arg(format!("{local}:8080"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("petctl starts");
+    let url = format!("http://127.0.0.1:{local}/");
+    let hit = wait_until(
+        "kubia-0 through port-forward",
+        Duration::from_secs(60),
+        || petset_e2e::curl(&[&url]),
+    );
+    assert!(hit.starts_with("You've hit kubia-0"), "{hit}");
+    let stored =
+        petset_e2e::curl(&["-X", "POST", "-d", "through the tunnel", &url]).expect("an answer");
+    assert!(stored.contains("Data stored on pod kubia-0"), "{stored}");
+    let read = petset_e2e::curl(&[&url]).expect("an answer");
+    assert!(
+        read.contains("Data stored on this pod: through the tunnel"),
+        "{read}"
+    );
+    let _ = forward.kill();
+    let _ = forward.wait();
+
     // logs -f: what the container writes as it writes it, until it ends.
     let mut follower = std::process::Command::new(binary("petctl"))
         .args(["--server", &petctl.server, "logs", "-f", "envtest-0"])

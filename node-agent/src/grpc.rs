@@ -31,6 +31,64 @@ type ExecOutput = Pin<Box<dyn Stream<Item = Result<v1::ExecResponse, Status>> + 
 impl NodeAgent for LogsApi {
     type ExecStream = ExecOutput;
 
+    type PortForwardStream =
+        Pin<Box<dyn Stream<Item = Result<v1::PortForwardResponse, Status>> + Send>>;
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<v1::PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let mut input = request.into_inner();
+        let start = input
+            .message()
+            .await?
+            .and_then(|first| first.start)
+            .ok_or_else(|| {
+                Status::invalid_argument("start: the first message names the pod and the port")
+            })?;
+        let namespace = validate::namespace_or_default(&start.namespace);
+        let mut v = Violations::new();
+        v.check("start.namespace", validate::dns1123_label(&namespace));
+        v.check("start.name", validate::dns1123_label(&start.name));
+        v.check("start.port", validate::port(start.port.into()));
+        v.into_result()?;
+        let pod = format!("{namespace}/{}", start.name);
+        let ip = self.ctx.running_pod_ip(&pod).ok_or_else(|| {
+            Status::not_found(format!(
+                "pod {pod} has no running container on node {}",
+                self.ctx.node
+            ))
+        })?;
+        let target = std::net::SocketAddr::new(ip, start.port as u16);
+        let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| {
+            Status::unavailable(format!(
+                "pod {pod}: cannot connect to port {}: {e}",
+                start.port
+            ))
+        })?;
+        let (mut from_pod, mut to_pod) = stream.into_split();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = input.message().await {
+                if !m.data.is_empty() && to_pod.write_all(&m.data).await.is_err() {
+                    return;
+                }
+                if m.closed {
+                    break;
+                }
+            }
+            // The client sends no more: so the pod reads its end.
+            let _ = to_pod.shutdown().await;
+        });
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            pump(Some(&mut from_pod), tx, |data| v1::PortForwardResponse {
+                data,
+            })
+            .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn exec(
         &self,
         request: Request<Streaming<v1::ExecRequest>>,
@@ -314,10 +372,10 @@ async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
 
 /// Sends what `from` gives, chunk by chunk, until its end; false when the
 /// receiver went away.
-async fn pump(
+async fn pump<M>(
     from: Option<impl AsyncRead + Unpin>,
-    to: mpsc::Sender<Result<v1::ExecResponse, Status>>,
-    message: impl Fn(Vec<u8>) -> v1::ExecResponse,
+    to: mpsc::Sender<Result<M, Status>>,
+    message: impl Fn(Vec<u8>) -> M,
 ) -> bool {
     let Some(mut from) = from else { return true };
     let mut buf = vec![0u8; 16 * 1024];

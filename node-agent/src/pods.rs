@@ -83,8 +83,9 @@ pub struct Context {
 }
 
 /// The running containers, by (`<namespace>/<pod>`, index in the pod):
-/// their name and where a command runs in them.
-pub type ExecTargets = Arc<std::sync::Mutex<BTreeMap<(String, usize), (String, runtime::Exec)>>>;
+/// their name, where a command runs in them, and the pod's address.
+pub type ExecTargets =
+    Arc<std::sync::Mutex<BTreeMap<(String, usize), (String, runtime::Exec, IpAddr)>>>;
 
 /// A running container's entry in [`ExecTargets`], removed when dropped.
 struct ExecEntry {
@@ -99,12 +100,13 @@ impl ExecEntry {
         index: usize,
         name: &str,
         exec: runtime::Exec,
+        ip: IpAddr,
     ) -> Self {
         let key = (pod.to_string(), index);
         targets
             .lock()
             .expect("not poisoned")
-            .insert(key.clone(), (name.to_string(), exec));
+            .insert(key.clone(), (name.to_string(), exec, ip));
         ExecEntry {
             targets: targets.clone(),
             key,
@@ -126,8 +128,18 @@ impl Context {
         targets
             .range((pod.to_string(), 0)..=(pod.to_string(), usize::MAX))
             .map(|(_, target)| target)
-            .find(|(name, _)| container.is_empty() || name == container)
-            .cloned()
+            .find(|(name, _, _)| container.is_empty() || name == container)
+            .map(|(name, exec, _)| (name.clone(), exec.clone()))
+    }
+
+    /// The address of pod `pod` (`<namespace>/<name>`) while one of its
+    /// containers runs.
+    pub fn running_pod_ip(&self, pod: &str) -> Option<IpAddr> {
+        let targets = self.execs.lock().expect("not poisoned");
+        targets
+            .range((pod.to_string(), 0)..=(pod.to_string(), usize::MAX))
+            .map(|(_, (_, _, ip))| *ip)
+            .next()
     }
 }
 
@@ -607,6 +619,7 @@ async fn run_container(
             index,
             &container.name,
             child.exec(&launch),
+            ip,
         );
         let has_readiness = container.readiness_probe.is_some();
         set(&|s| {

@@ -38,6 +38,7 @@ mod exec;
 mod kind;
 mod manifest;
 mod output;
+mod port_forward;
 mod proxy;
 mod selector;
 mod trace;
@@ -133,6 +134,17 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Forwards local ports to a pod's ports, as `kubectl port-forward`:
+    /// `port-forward POD [LOCAL:]REMOTE...`, until interrupted.
+    PortForward {
+        pod: String,
+        /// `LOCAL:REMOTE`, or `REMOTE` for the same port locally.
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+    },
     /// Prints a pod's logs.
     Logs {
         pod: String,
@@ -180,6 +192,7 @@ impl Command {
             Command::Delete { .. } => "delete",
             Command::Logs { .. } => "logs",
             Command::Exec { .. } => "exec",
+            Command::PortForward { .. } => "port-forward",
             Command::Proxy { .. } => "proxy",
             Command::Rollout { .. } => "rollout",
         }
@@ -197,6 +210,7 @@ pub(crate) fn output_failed(e: std::io::Error) {
 }
 
 /// Connections to the services.
+#[derive(Clone)]
 struct Clients {
     scheduler: Channel,
     trace: trace::Traceparent,
@@ -699,6 +713,11 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
             };
             logs(&c, request, follow).await
         }
+        Command::PortForward {
+            pod,
+            ports,
+            address,
+        } => port_forward::forward(&c, &pod, address, &ports).await,
         Command::Exec {
             pod,
             container,

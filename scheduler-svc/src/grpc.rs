@@ -401,16 +401,7 @@ impl pods_server::Pods for PodsApi {
             start: Some(start),
             ..Default::default()
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let _ = tx.send(first).await;
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = input.message().await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let outgoing = ReceiverStream::new(rx);
+        let outgoing = then_the_rest(first, input);
         let output = agent
             .client
             .clone()
@@ -420,6 +411,54 @@ impl pods_server::Pods for PodsApi {
             .into_inner();
         Ok(Response::new(Box::pin(output)))
     }
+
+    type PortForwardStream = AgentStream<v1::PortForwardResponse>;
+
+    async fn port_forward(
+        &self,
+        request: Request<tonic::Streaming<v1::PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let mut input = request.into_inner();
+        let mut start = input
+            .message()
+            .await?
+            .and_then(|first| first.start)
+            .ok_or_else(|| {
+                Status::invalid_argument("start: the first message names the pod and the port")
+            })?;
+        let ns = pods::parse_name(&start.namespace, &start.name)?;
+        let agent = self.agent_of(&ns, &start.name, "port-forward").await?;
+        start.namespace = ns;
+        let first = v1::PortForwardRequest {
+            start: Some(start),
+            ..Default::default()
+        };
+        let output = agent
+            .client
+            .clone()
+            .port_forward(then_the_rest(first, input))
+            .await
+            .map_err(|status| agent.unavailable(status))?
+            .into_inner();
+        Ok(Response::new(Box::pin(output)))
+    }
+}
+
+/// `first`, then what the client sends on `input` until it stops or fails:
+/// a client's stream passed on to a node agent.
+fn then_the_rest<T: Send + 'static>(first: T, mut input: tonic::Streaming<T>) -> ReceiverStream<T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        while let Ok(Some(m)) = input.message().await {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// A stream answered by a node agent, passed on.
