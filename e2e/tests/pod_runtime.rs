@@ -352,6 +352,37 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         "{reason}"
     );
 
+    // Names inside a pod: its own in /etc/hosts, its peers' through the
+    // cluster DNS (the node relays port 53 to identity-svc), with
+    // Kubernetes' search path.
+    let hosts = exec(&["envtest-0", "--", "cat", "/etc/hosts"], None).1;
+    assert!(
+        hosts.contains(&format!(
+            "{ip}\tenvtest-0.kubia.default.svc.cluster.local\tenvtest-0"
+        )),
+        "{hosts}"
+    );
+    let kubia_1 = petctl
+        .pods()
+        .into_iter()
+        .find(|p| p.0 == "kubia-1")
+        .expect("kubia-1");
+    let found = wait_until(
+        "kubia-1.kubia from inside a pod",
+        Duration::from_secs(60),
+        || {
+            let (code, out, _) = exec(
+                &["envtest-0", "--", "getent", "hosts", "kubia-1.kubia"],
+                None,
+            );
+            (code == Some(0)).then_some(out)
+        },
+    );
+    assert!(found.starts_with(&format!("{} ", kubia_1.2)), "{found}");
+    let peers =
+        petset_e2e::curl(&[&format!("http://{}:8080/peers", kubia_1.2)]).expect("an answer");
+    assert!(peers.contains("kubia-0"), "kubia finds its peers: {peers}");
+
     // port-forward: a local port relayed to kubia-0's 8080 through
     // scheduler-svc and its node agent, both ways, one connection after
     // another.

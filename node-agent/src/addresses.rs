@@ -28,6 +28,12 @@ impl Addresses {
         self.free.pop_first()
     }
 
+    /// The highest free address, now taken for good (the node's DNS
+    /// relay).
+    pub fn take_last(&mut self) -> Option<Ipv4Addr> {
+        self.free.pop_last()
+    }
+
     /// Gives `ip` back.
     pub fn give_back(&mut self, ip: Ipv4Addr) {
         self.free.insert(ip);

@@ -96,8 +96,11 @@ pub struct Config {
     /// one), `none`, or a container name or ID.
     #[arg(long, env = "PETSET_DOCKER_SANDBOX", default_value = "auto")]
     pub docker_sandbox: String,
-    /// Docker runtime: the pods' DNS server (identity-svc's DNS, on port
-    /// 53): an address, or a name the agent resolves when it starts.
+    /// The pods' DNS server (identity-svc's DNS): an address, or a name
+    /// the agent resolves when it starts. Docker runtime: the containers'
+    /// DNS server (port 53). Process runtime (`HOST:PORT`): the agent
+    /// relays port 53 of the pod subnet's last address to it and names
+    /// that address in each pod's /etc/resolv.conf.
     #[arg(long, env = "PETSET_POD_DNS")]
     pub pod_dns: Option<String>,
     /// The cluster's DNS zone (pods' search path).

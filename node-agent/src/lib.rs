@@ -30,6 +30,7 @@
 
 pub mod addresses;
 pub mod config;
+pub mod dns;
 pub mod env;
 pub mod fence;
 mod grpc;
@@ -89,6 +90,16 @@ impl Agent {
         let (runtime, node_address) = runtime::from_config(config, deadlines).await?;
         let identity = lazy_channel("identity-addr", &config.identity_addr)?;
         let node_address = node_address.unwrap_or_else(|| "127.0.0.1".into());
+        let mut addresses = Addresses::new(config.pod_subnet);
+        let dns_relay = match (&runtime, &config.pod_dns) {
+            (
+                runtime::Runtime::Process {
+                    namespaces: true, ..
+                },
+                Some(upstream),
+            ) => start_dns_relay(upstream, &mut addresses).await?,
+            _ => None,
+        };
         let ctx = Arc::new(Context {
             node: config.name.clone(),
             images: config.image_map(),
@@ -101,6 +112,8 @@ impl Agent {
             node_address: node_address.clone(),
             allocatable: env::NodeAllocatable::of_this_machine(),
             execs: Default::default(),
+            dns_relay,
+            zone: config.cluster_domain.clone(),
         });
         // Where petctl finds this agent's logs: the bound address, or the
         // node's address when bound to every address (0.0.0.0 reaches
@@ -118,7 +131,7 @@ impl Agent {
         let server = tokio::spawn(host.serve(listener, shutdown.clone()));
         let mut node = NodeLoop {
             ctx,
-            addresses: Addresses::new(config.pod_subnet),
+            addresses,
             running: BTreeMap::new(),
             config: config.clone(),
             agent_endpoint,
@@ -135,4 +148,41 @@ impl Agent {
             })?
             .map_err(ServeError::Grpc)
     }
+}
+
+/// Process runtime: relays the pods' DNS from the last address of the pod
+/// subnet (kept from the pods), port 53, to `upstream` (identity-svc's DNS,
+/// `host:port`, port 53 when none is given); that address, or `None` when
+/// the subnet has none left.
+async fn start_dns_relay(
+    upstream: &str,
+    addresses: &mut Addresses,
+) -> Result<Option<std::net::IpAddr>, ServeError> {
+    let bad = |reason: String| ServeError::Config {
+        setting: "pod-dns",
+        reason,
+    };
+    let with_port = if upstream
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        upstream.to_string()
+    } else {
+        format!("{upstream}:53")
+    };
+    let upstream = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| bad(format!("{with_port:?}: {e}")))?
+        .next()
+        .ok_or_else(|| bad(format!("{with_port:?} resolves to no address")))?;
+    let Some(ip) = addresses.take_last() else {
+        return Ok(None);
+    };
+    let listen = std::net::SocketAddr::new(ip.into(), 53);
+    // Bound before the first pod can ask.
+    let relay = dns::Relay::bind(listen)
+        .await
+        .map_err(|e| bad(format!("cannot relay the pods' DNS from {listen}: {e}")))?;
+    tokio::spawn(relay.serve(upstream));
+    Ok(Some(ip.into()))
 }

@@ -80,6 +80,11 @@ pub struct Context {
     pub allocatable: crate::env::NodeAllocatable,
     /// Where to run a command in each running container (`petctl exec`).
     pub execs: ExecTargets,
+    /// Process runtime: the address the node relays the pods' DNS from
+    /// (their resolv.conf's nameserver), when `--pod-dns` is given.
+    pub dns_relay: Option<IpAddr>,
+    /// The cluster's DNS zone.
+    pub zone: String,
 }
 
 /// The running containers, by (`<namespace>/<pod>`, index in the pod):
@@ -497,6 +502,35 @@ fn launch_for(
     } else {
         spec.hostname.clone()
     };
+    if namespaces {
+        // The pod's own /etc/hosts, and its resolv.conf when the node
+        // relays DNS, mounted over the node's in its mount namespace.
+        let etc = ctx.pod_dir(&meta.namespace, &meta.name).join("etc");
+        let namespace = petset_core::validate::namespace_or_default(&meta.namespace);
+        let mut files = vec![(
+            "hosts",
+            crate::dns::hosts(
+                IpAddr::V4(ip),
+                &hostname,
+                &spec.subdomain,
+                &namespace,
+                &ctx.zone,
+            ),
+        )];
+        if let Some(relay) = ctx.dns_relay {
+            files.push((
+                "resolv.conf",
+                crate::dns::resolv_conf(relay, &namespace, &ctx.zone),
+            ));
+        }
+        for (name, text) in files {
+            let path = etc.join(name);
+            std::fs::create_dir_all(&etc)
+                .and_then(|()| std::fs::write(&path, text))
+                .map_err(|e| format!("cannot write the pod's /etc/{name}: {e}"))?;
+            mounts.push((path, format!("/etc/{name}")));
+        }
+    }
     // petset's conveniences, where the pod defines none of these names.
     for (name, value) in [
         ("POD_NAME", &meta.name),

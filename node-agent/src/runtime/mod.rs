@@ -423,7 +423,7 @@ root=$2
 n=$3
 shift 3
 while [ "$n" -gt 0 ]; do
-  mkdir -p "$2"
+  if [ -d "$1" ]; then mkdir -p "$2"; elif [ ! -e "$2" ]; then touch "$2"; fi
   mount --bind "$1" "$2"
   shift 2
   n=$((n - 1))
