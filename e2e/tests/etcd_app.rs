@@ -1,0 +1,194 @@
+//! A real clustered application on petset, as Kubernetes' own e2e suite
+//! runs them: examples/etcd, a three-member etcd cluster as a StatefulSet
+//! on the README's local stack (process runtime, Debian's etcd). Members
+//! find each other by their stable names through the cluster DNS; a key
+//! written through member 0 is read through member 2; a deleted member
+//! comes back with its name and its data and the cluster is whole again; a
+//! rolling update of the template replaces one member at a time, and the
+//! cluster takes writes all along.
+
+use std::time::{Duration, Instant};
+
+use petset_e2e::local::LocalStack;
+use petset_e2e::{Petctl, PodRow, binary, curl, repo_root, wait_until};
+
+const MEMBERS: [&str; 3] = ["etcd-0", "etcd-1", "etcd-2"];
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// The members, once all three are Ready.
+fn members(petctl: &Petctl) -> Vec<PodRow> {
+    wait_until("three Ready etcd members", DEADLINE, || {
+        let pods: Vec<PodRow> = petctl
+            .pods()
+            .into_iter()
+            .filter(|p| p.0.starts_with("etcd-"))
+            .collect();
+        (pods.len() == 3 && pods.iter().all(|p| p.1)).then_some(pods)
+    })
+}
+
+/// etcd's JSON gateway on member `ip`: `POST /v3/<path>` with `body`.
+fn v3(ip: &str, path: &str, body: &str) -> Option<String> {
+    curl(&[
+        "-m",
+        "3",
+        "-X",
+        "POST",
+        "-d",
+        body,
+        &format!("http://{ip}:2379/v3/{path}"),
+    ])
+}
+
+/// Puts `key` = `value` (base64 both, as the gateway wants) through `ip`.
+fn put(ip: &str, key: &str, value: &str) -> bool {
+    v3(
+        ip,
+        "kv/put",
+        &format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value)),
+    )
+    .is_some_and(|a| a.contains("\"header\""))
+}
+
+/// The value of `key` read through `ip` (base64, as the gateway says it).
+fn get(ip: &str, key: &str) -> Option<String> {
+    let answer = v3(ip, "kv/range", &format!(r#"{{"key":"{}"}}"#, b64(key)))?;
+    let at = answer.find("\"value\":\"")? + "\"value\":\"".len();
+    Some(answer[at..].split('"').next()?.to_string())
+}
+
+fn b64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// How many members member `ip` knows, and whether it says it is healthy.
+fn cluster_seen_from(ip: &str) -> (usize, bool) {
+    let members = v3(ip, "cluster/member/list", "{}").unwrap_or_default();
+    let health = curl(&["-m", "3", &format!("http://{ip}:2379/health")]).unwrap_or_default();
+    (
+        members.matches("\"peerURLs\"").count(),
+        health.contains("\"health\":\"true\""),
+    )
+}
+
+#[test]
+fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
+    let stack = LocalStack::start("127.85", 10);
+    let petctl = Petctl {
+        program: binary("petctl"),
+        server: stack.scheduler(0),
+    };
+    let manifest = std::fs::read_to_string(repo_root().join("examples/etcd/etcd.yaml"))
+        .expect("examples/etcd");
+    petctl.apply(&manifest);
+    let pods = members(&petctl);
+    let ip = |pods: &[PodRow], name: &str| {
+        pods.iter()
+            .find(|p| p.0 == name)
+            .map(|p| p.2.clone())
+            .expect("a member")
+    };
+    for m in MEMBERS {
+        assert_eq!(cluster_seen_from(&ip(&pods, m)), (3, true), "{m}");
+    }
+
+    // Written through member 0, read through member 2.
+    assert!(put(&ip(&pods, "etcd-0"), "petset", "stateful"));
+    assert_eq!(
+        get(&ip(&pods, "etcd-2"), "petset").as_deref(),
+        Some(b64("stateful").as_str())
+    );
+
+    // etcd-1 deleted: it comes back with its name and its data (its claim),
+    // rejoins, and the cluster is whole.
+    let before = petctl.json(&["get", "pod", "etcd-1"])["metadata"]["uid"].clone();
+    petctl.run(&["delete", "pod", "etcd-1"]);
+    let pods = wait_until("etcd-1 back, all three Ready", DEADLINE, || {
+        let pods = members(&petctl);
+        let now = petctl.json(&["get", "pod", "etcd-1"])["metadata"]["uid"].clone();
+        (now != before).then_some(pods)
+    });
+    let back = ip(&pods, "etcd-1");
+    wait_until("etcd-1 healthy in a cluster of three", DEADLINE, || {
+        (cluster_seen_from(&back) == (3, true)).then_some(())
+    });
+    assert_eq!(
+        get(&back, "petset").as_deref(),
+        Some(b64("stateful").as_str())
+    );
+    let claims = petctl.run(&["get", "pvc"]);
+    assert_eq!(claims.matches("data-etcd-").count(), 3, "{claims}");
+
+    // A rolling update of the template: one member at a time, and the
+    // cluster takes a write through some member all along.
+    let updated = manifest.replace(
+        "        - name: POD_NAME\n",
+        "        - name: ETCD_HEARTBEAT_INTERVAL\n          value: \"100\"\n        - name: POD_NAME\n",
+    );
+    assert_ne!(updated, manifest);
+    petctl.apply(&updated);
+    let start = Instant::now();
+    let (mut writes, mut refused) = (0, 0);
+    loop {
+        let rollout = std::process::Command::new(binary("petctl"))
+            .args([
+                "--server",
+                &petctl.server,
+                "rollout",
+                "status",
+                "sts",
+                "etcd",
+                "--timeout",
+                "1",
+            ])
+            .output()
+            .expect("petctl runs");
+        let done = rollout.status.success();
+        let ready: Vec<PodRow> = petctl
+            .pods()
+            .into_iter()
+            .filter(|p| p.0.starts_with("etcd-") && p.1)
+            .collect();
+        let wrote = ready
+            .iter()
+            .any(|p| put(&p.2, "during-rollout", &writes.to_string()));
+        writes += 1;
+        if !wrote {
+            refused += 1;
+        }
+        if done {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the rollout did not finish");
+    }
+    assert_eq!(
+        refused, 0,
+        "{refused} of {writes} writes found no member to take them"
+    );
+    let pods = members(&petctl);
+    for m in MEMBERS {
+        let at = ip(&pods, m);
+        assert_eq!(cluster_seen_from(&at), (3, true), "{m}");
+        assert_eq!(
+            get(&at, "petset").as_deref(),
+            Some(b64("stateful").as_str()),
+            "{m}"
+        );
+    }
+}
