@@ -472,6 +472,47 @@ pub mod bench {
         .await
     }
 
+    /// The baseline of every lease-based failover: a key put on a lease of
+    /// `ttl` seconds, renewed every third of it, the renewals stopped at a
+    /// point of their period that moves with `i` (as a kill lands); the
+    /// time from the last renewal until a watch sees the key deleted.
+    pub async fn raw_lease_expiry(endpoint: &str, root: &str, ttl: i64, i: usize) -> Duration {
+        use etcd_client::{EventType, PutOptions, WatchOptions};
+        let mut client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd answers");
+        let key = format!("{root}/raw-lease/{i}");
+        let lease = client.lease_grant(ttl, None).await.expect("a lease").id();
+        client
+            .put(key.as_str(), "x", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .expect("etcd answers");
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.expect("renewing");
+        let period = Duration::from_millis(ttl as u64 * 1000 / 3);
+        keeper.keep_alive().await.expect("renewing");
+        answers.message().await.expect("renewed");
+        // The kill lands somewhere in the renewal period.
+        let phase = period.mul_f64((i % 10) as f64 / 10.0);
+        tokio::time::sleep(phase).await;
+        let mut events = client
+            .watch(key.as_str(), Some(WatchOptions::new()))
+            .await
+            .expect("watching");
+        let start = Instant::now();
+        drop(keeper);
+        drop(answers);
+        while let Ok(Some(r)) = events.message().await {
+            if r.events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                break;
+            }
+        }
+        // Counted from the last renewal.
+        start.elapsed() + phase
+    }
+
     /// Prints p50 and p99 and the ratio of the p50 to the baseline's.
     pub fn report(stats: &Stats, baseline: &Stats) {
         let (p50, p99, b50) = (

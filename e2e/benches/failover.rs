@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use petset_core::testing::Tied;
-use petset_core::testing::bench::{Stats, raw_etcd_txn, report};
+use petset_core::testing::bench::{Stats, raw_etcd_txn, raw_lease_expiry, report};
 use petset_e2e::{binary, free_port, http};
 
 const TRIALS: usize = 10;
@@ -105,46 +105,6 @@ impl Replicas {
     }
 }
 
-/// A key on a lease of `TTL`, renewed every third of it, renewals stopped
-/// at a point of their period that moves with `i`: the time from the last
-/// renewal's stop to a watch seeing the key deleted.
-async fn raw_lease_expiry(endpoint: &str, root: &str, i: usize) -> Duration {
-    use etcd_client::{EventType, PutOptions, WatchOptions};
-    let mut client = etcd_client::Client::connect([endpoint], None)
-        .await
-        .unwrap();
-    let key = format!("{root}/raw-lease/{i}");
-    let lease = client.lease_grant(TTL, None).await.unwrap().id();
-    client
-        .put(key.as_str(), "x", Some(PutOptions::new().with_lease(lease)))
-        .await
-        .unwrap();
-    let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.unwrap();
-    let period = Duration::from_millis(TTL as u64 * 1000 / 3);
-    keeper.keep_alive().await.unwrap();
-    answers.message().await.unwrap();
-    // The kill lands somewhere in the renewal period.
-    let phase = period.mul_f64((i % 10) as f64 / 10.0);
-    tokio::time::sleep(phase).await;
-    let mut events = client
-        .watch(key.as_str(), Some(WatchOptions::new()))
-        .await
-        .unwrap();
-    let start = Instant::now();
-    drop(keeper);
-    drop(answers);
-    while let Ok(Some(r)) = events.message().await {
-        if r.events()
-            .iter()
-            .any(|e| e.event_type() == EventType::Delete)
-        {
-            break;
-        }
-    }
-    // Counted from the last renewal, as the leader's lease is.
-    start.elapsed() + phase
-}
-
 #[tokio::main]
 async fn main() {
     let etcd = petset_core::testing::Etcd::start();
@@ -165,7 +125,7 @@ async fn main() {
     let txn = raw_etcd_txn(&store, 200).await;
     let mut expiry = Vec::new();
     for i in 0..TRIALS {
-        expiry.push(raw_lease_expiry(&etcd.endpoint(), &store.root, i).await);
+        expiry.push(raw_lease_expiry(&etcd.endpoint(), &store.root, TTL, i).await);
     }
     let expiry = Stats {
         name: "raw etcd lease expiry, TTL 2 s (baseline)",

@@ -142,6 +142,13 @@ fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
         "        - name: ETCD_HEARTBEAT_INTERVAL\n          value: \"100\"\n        - name: POD_NAME\n",
     );
     assert_ne!(updated, manifest);
+    let revision = |pod: &str| {
+        petctl.json(&["get", "pod", pod])["metadata"]["labels"]["controller-revision-hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let old_revision = revision("etcd-0");
     petctl.apply(&updated);
     let start = Instant::now();
     let (mut writes, mut refused) = (0, 0);
@@ -182,7 +189,10 @@ fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
         "{refused} of {writes} writes found no member to take them"
     );
     let pods = members(&petctl);
+    let new_revision = revision("etcd-0");
+    assert_ne!(new_revision, old_revision);
     for m in MEMBERS {
+        assert_eq!(revision(m), new_revision, "{m} was updated");
         let at = ip(&pods, m);
         assert_eq!(cluster_seen_from(&at), (3, true), "{m}");
         assert_eq!(
