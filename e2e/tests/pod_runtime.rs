@@ -457,6 +457,53 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
     );
     assert!(ended.success(), "{ended}");
 
+    // Over its memory limit: the kernel kills it, and its status says
+    // OOMKilled, as Kubernetes says it.
+    let hungry = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: hungry
+spec:
+  serviceName: kubia
+  replicas: 1
+  selector:
+    matchLabels: {app: hungry}
+  template:
+    metadata:
+      labels: {app: hungry}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        # tail keeps the current line, and /dev/zero has no line ends.
+        command: [sh, -c, "exec tail /dev/zero"]
+        resources:
+          limits: {memory: 32Mi}
+"#;
+    petctl.apply(hungry);
+    let status = wait_until("hungry-0 OOMKilled", Duration::from_secs(60), || {
+        let out = std::process::Command::new(binary("petctl"))
+            .args([
+                "--server",
+                &petctl.server,
+                "get",
+                "pod",
+                "hungry-0",
+                "-o",
+                "json",
+            ])
+            .output()
+            .ok()?;
+        let pod: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let container = pod["status"]["containerStatuses"][0].clone();
+        (container["lastState"]["terminated"]["reason"] == "OOMKilled").then_some(container)
+    });
+    assert!(
+        status["restartCount"].as_i64().unwrap_or(0) >= 1,
+        "{status}"
+    );
+
     // Refused at apply, naming the field and what to do instead.
     let config = SET.replace(
         "valueFrom: {fieldRef: {fieldPath: metadata.name}}",

@@ -35,6 +35,7 @@ pub mod env;
 pub mod fence;
 mod grpc;
 pub mod keepalive;
+pub mod limits;
 mod node;
 pub mod pods;
 pub mod probes;
@@ -138,8 +139,21 @@ impl Agent {
             node_address,
             deadline: Arc::new(deadline),
         };
+        let ctx = node.ctx.clone();
         node.run(shutdown.clone(), LeasesClient::new(identity))
             .await;
+        // The pods are stopped: their memory cgroups go too.
+        if let runtime::Runtime::Process {
+            memory: Some(cgroups),
+            ..
+        } = &ctx.runtime
+        {
+            let marker = format!("_{}_", config.name);
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while cgroups.sweep(&marker) > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         server
             .await
             .map_err(|e| ServeError::Config {

@@ -174,6 +174,8 @@ struct ContainerState {
     restarts: i32,
     reason: String,
     message: String,
+    /// Why the last run ended (Kubernetes' lastState.terminated.reason).
+    last_termination: String,
 }
 
 /// Runs one pod until told to stop.
@@ -568,6 +570,12 @@ fn launch_for(
         hostname,
         mounts,
         namespaces,
+        memory_limit: container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.get("memory"))
+            .and_then(|q| petset_core::quantity::Quantity::parse(q).ok())
+            .and_then(|q| q.value()),
         user: named_user(
             spec.security_context.as_ref(),
             container.security_context.as_ref(),
@@ -701,14 +709,26 @@ async fn run_container(
         };
         probe_tasks.abort_all();
         restarts += 1;
-        tracing::info!(container = %container.name, log = %log.display(), %outcome, restarts, "container ended; restarting");
+        // As the kubelet says it: OOMKilled when the kernel's OOM killer
+        // ended the run (its memory limit), else Error.
+        let (reason, outcome) = if child.oom_killed() {
+            (
+                "OOMKilled",
+                format!("{outcome}: killed by the kernel, out of memory (its limit)"),
+            )
+        } else {
+            ("Error", outcome)
+        };
+        drop(child);
+        tracing::info!(container = %container.name, log = %log.display(), %outcome, reason, restarts, "container ended; restarting");
         let message = format!("container {} {outcome}", container.name);
         set(&|s| {
             s.running = false;
             s.ready = false;
             s.restarts = restarts;
-            s.reason = "Error".into();
+            s.reason = reason.into();
             s.message = message.clone();
+            s.last_termination = reason.into();
         });
         backoff.ended(started.elapsed(), restarts);
     }
@@ -836,6 +856,11 @@ impl Reporter {
             restart_count: containers.iter().map(|c| c.restarts).sum(),
             reason: waiting.map(|c| c.reason.clone()).unwrap_or_default(),
             message: waiting.map(|c| c.message.clone()).unwrap_or_default(),
+            last_termination_reason: containers
+                .iter()
+                .map(|c| c.last_termination.clone())
+                .find(|r| !r.is_empty())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let request = v1::ReportPodStatusRequest {

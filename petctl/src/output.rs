@@ -140,9 +140,15 @@ fn pod_json(p: &v1::Pod) -> Value {
             "message": st.message,
             "startTime": rfc3339(&st.start_time),
             "conditions": [{"type": "Ready", "status": if st.ready { "True" } else { "False" }, "lastTransitionTime": rfc3339(&st.ready_since)}],
-            "containerStatuses": containers.iter().map(|c| json!({
-                "name": c.name, "image": c.image, "ready": st.ready, "restartCount": st.restart_count,
-            })).collect::<Vec<_>>(),
+            "containerStatuses": containers.iter().map(|c| {
+                let mut status = json!({
+                    "name": c.name, "image": c.image, "ready": st.ready, "restartCount": st.restart_count,
+                });
+                if !st.last_termination_reason.is_empty() {
+                    status["lastState"] = json!({"terminated": {"reason": st.last_termination_reason}});
+                }
+                status
+            }).collect::<Vec<_>>(),
         }
     })
 }

@@ -71,6 +71,7 @@ fn pod_to_api((pod, status): &PodWithStatus) -> v1::Pod {
         reason: s.reason.clone(),
         ready_since: s.ready_since.map(Into::into),
         start_time: s.start_time.map(Into::into),
+        last_termination_reason: s.last_termination_reason.clone(),
     });
     v1::Pod {
         metadata: Some(p.meta.to_api(pod.mod_revision)),

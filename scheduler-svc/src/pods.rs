@@ -93,6 +93,10 @@ impl Pods {
             ),
             reason: "NodeLost".into(),
             ready_since: None,
+            last_termination_reason: reported
+                .as_ref()
+                .map(|r| r.last_termination_reason.clone())
+                .unwrap_or_default(),
             start_time: reported.and_then(|r| r.start_time),
         }))
     }
@@ -298,6 +302,7 @@ impl Pods {
             reason: status.reason.clone(),
             ready_since,
             start_time,
+            last_termination_reason: status.last_termination_reason.clone(),
         };
         if previous.as_ref() == Some(&record) {
             return Ok((pod, previous));

@@ -138,6 +138,9 @@ pub struct PodStatusRecord {
     pub ready_since: Option<SystemTime>,
     /// When its processes started.
     pub start_time: Option<SystemTime>,
+    /// Why a container's last run ended (`OOMKilled`, `Error`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_termination_reason: String,
 }
 
 /// What a node offers.

@@ -496,6 +496,7 @@ mod tests {
             reason: String::new(),
             ready_since: Some(SystemTime::UNIX_EPOCH),
             start_time: None,
+            last_termination_reason: String::new(),
         };
         world
             .pod_status

@@ -68,7 +68,25 @@ pub async fn from_config(
                     None
                 }
             };
-            Runtime::Process { namespaces, fence }
+            let memory = if namespaces {
+                crate::limits::MemoryCgroups::detect()
+            } else {
+                None
+            };
+            match &memory {
+                // Container names carry the node: `..._<node>_<incarnation>_<run>`.
+                Some(cgroups) => {
+                    cgroups.sweep(&format!("_{}_", config.name));
+                }
+                None => {
+                    tracing::warn!("no memory cgroup: containers' memory limits are not enforced")
+                }
+            }
+            Runtime::Process {
+                namespaces,
+                fence,
+                memory,
+            }
         }
         RuntimeKind::Docker => {
             let settings = docker::DockerSettings {
@@ -114,6 +132,9 @@ pub enum Runtime {
         /// The deadline each container runs under (see [`crate::fence`]);
         /// `None` when no `petset-shim` was found.
         fence: Option<Fence>,
+        /// Where containers with a memory limit get their cgroup; `None`
+        /// without root or a memory controller.
+        memory: Option<crate::limits::MemoryCgroups>,
     },
     /// Docker containers on a Docker network.
     Docker(Box<DockerRuntime>),
@@ -307,8 +328,8 @@ fn namespaced_descendant(leader: u32) -> Option<u32> {
 /// A running container.
 #[derive(Debug)]
 pub enum Running {
-    /// A process group.
-    Process(Child),
+    /// A process group, and its memory cgroup when it has a limit.
+    Process(Child, Option<crate::limits::MemoryLimit>),
     /// A Docker container.
     Docker(docker::Started),
 }
@@ -317,7 +338,7 @@ impl Running {
     /// Waits for the container to end (cancel-safe); how it ended.
     pub async fn wait(&mut self) -> String {
         match self {
-            Running::Process(child) => format!(
+            Running::Process(child, _) => format!(
                 "exited with {}",
                 child
                     .wait()
@@ -332,7 +353,7 @@ impl Running {
     /// SIGTERM to every process, SIGKILL after `grace`; waits for the end.
     pub async fn terminate(&mut self, grace: std::time::Duration) {
         match self {
-            Running::Process(child) => {
+            Running::Process(child, _) => {
                 signal(child, rustix::process::Signal::TERM);
                 if tokio::time::timeout(grace, child.wait()).await.is_err() {
                     signal(child, rustix::process::Signal::KILL);
@@ -346,11 +367,19 @@ impl Running {
     /// SIGKILL to every process; waits for the end.
     pub async fn kill(&mut self) {
         match self {
-            Running::Process(child) => {
+            Running::Process(child, _) => {
                 signal(child, rustix::process::Signal::KILL);
                 let _ = child.wait().await;
             }
             Running::Docker(c) => c.kill().await,
+        }
+    }
+
+    /// Whether the kernel's OOM killer ended this run (its memory limit).
+    pub fn oom_killed(&self) -> bool {
+        match self {
+            Running::Process(_, Some(limit)) => limit.oom_killed(),
+            _ => false,
         }
     }
 
@@ -360,7 +389,7 @@ impl Running {
     pub fn exec(&self, launch: &Launch) -> Exec {
         let env = launch.env.clone().into_iter().collect();
         match self {
-            Running::Process(child) => match child.id() {
+            Running::Process(child, _) => match child.id() {
                 Some(leader) if launch.namespaces => Exec::Inside {
                     env,
                     leader,
@@ -408,20 +437,24 @@ pub struct Launch {
     pub security: petset_core::security::Effective,
     /// Docker runtime: `uid:gid` when the security context names either.
     pub user: Option<String>,
+    /// `resources.limits.memory`, bytes.
+    pub memory_limit: Option<u64>,
 }
 
 /// The script run inside the new namespaces: set the hostname, bind the
 /// volumes, make the root read-only when asked (in this mount namespace
 /// only; the volumes, mounted on it, stay writable), then become the
 /// container's program (through setpriv, which sets its user, groups and
-/// capabilities). Its arguments: the hostname, `ro` or `rw`, the number of
-/// mounts, each mount's source and target, then the command: nothing of
+/// capabilities) in its memory cgroup when it has one. Its arguments: the
+/// hostname, `ro` or `rw`, the cgroup's `cgroup.procs` or `-`, the number
+/// of mounts, each mount's source and target, then the command: nothing of
 /// the agent's travels in the environment, which is the container's alone.
 const INSIDE: &str = r#"set -e
 hostname "$1"
 root=$2
-n=$3
-shift 3
+cgroup=$3
+n=$4
+shift 4
 while [ "$n" -gt 0 ]; do
   if [ -d "$1" ]; then mkdir -p "$2"; elif [ ! -e "$2" ]; then touch "$2"; fi
   mount --bind "$1" "$2"
@@ -429,6 +462,7 @@ while [ "$n" -gt 0 ]; do
   n=$((n - 1))
 done
 if [ "$root" = ro ]; then mount -o remount,bind,ro /; fi
+if [ "$cgroup" != - ]; then echo $$ > "$cgroup"; fi
 exec "$@"
 "#;
 
@@ -452,18 +486,28 @@ impl Launch {
         restarts: i32,
     ) -> Result<Running, StartError> {
         match runtime {
-            Runtime::Process { fence, .. } => {
+            Runtime::Process { fence, memory, .. } => {
                 let shim = fence
                     .as_ref()
                     .map(|f| (f.shim.as_path(), *f.deadline.borrow()));
+                let limit = match (memory, self.memory_limit) {
+                    (Some(cgroups), Some(bytes)) if self.namespaces => Some(
+                        cgroups
+                            .limit(&format!("{}_{restarts}", self.engine_name), bytes)
+                            .map_err(|e| {
+                                format!("cannot make the container's memory cgroup: {e}")
+                            })?,
+                    ),
+                    _ => None,
+                };
                 let mut child = self
-                    .command(log, shim)
+                    .command(log, shim, limit.as_ref().map(|l| l.procs()))
                     .and_then(|mut c| c.spawn())
                     .map_err(|e| format!("cannot start {:?}: {e}", self.argv.first()))?;
                 if let (Some(fence), Some(stdin)) = (fence, child.stdin.take()) {
                     tokio::spawn(forward_deadlines(stdin, fence.deadline.clone()));
                 }
-                Ok(Running::Process(child))
+                Ok(Running::Process(child, limit))
             }
             Runtime::Docker(docker) => {
                 let spec = docker::ContainerSpec {
@@ -488,7 +532,12 @@ impl Launch {
 
     /// The command that runs the container as a process: under
     /// `petset-shim` with its first deadline when `shim` is given.
-    pub fn command(&self, log: &Path, shim: Option<(&Path, u64)>) -> std::io::Result<Command> {
+    pub fn command(
+        &self,
+        log: &Path,
+        shim: Option<(&Path, u64)>,
+        cgroup_procs: Option<PathBuf>,
+    ) -> std::io::Result<Command> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let new = |program: &str| match shim {
@@ -521,6 +570,7 @@ impl Launch {
                 } else {
                     "rw"
                 })
+                .arg(cgroup_procs.unwrap_or_else(|| PathBuf::from("-")))
                 .arg(self.mounts.len().to_string());
             for (src, dst) in &self.mounts {
                 c.arg(src).arg(dst);
