@@ -279,3 +279,15 @@ pub fn lazy_channel(setting: &'static str, address: &str) -> Result<ServiceChann
             reason: format!("{address:?} is not a URL: {e}"),
         })
 }
+
+/// The opening message of a client stream (exec, port-forward), which must
+/// carry its `start` part (`what` says what that names, for the error).
+pub async fn opening<T, S>(
+    input: &mut tonic::Streaming<T>,
+    start: impl FnOnce(T) -> Option<S>,
+    what: &str,
+) -> Result<S, tonic::Status> {
+    input.message().await?.and_then(start).ok_or_else(|| {
+        tonic::Status::invalid_argument(format!("start: the first message names {what}"))
+    })
+}

@@ -229,6 +229,24 @@ impl Petctl {
         out
     }
 
+    /// Waits until `count` pods whose names start with `prefix` exist and
+    /// are all Ready (other pods of the stack aside); those pods.
+    pub fn wait_ready_prefixed(
+        &self,
+        prefix: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> Vec<PodRow> {
+        wait_until(&format!("{count} Ready {prefix}* pods"), deadline, || {
+            let pods: Vec<PodRow> = self
+                .pods()
+                .into_iter()
+                .filter(|p| p.0.starts_with(prefix))
+                .collect();
+            (pods.len() == count && pods.iter().all(|p| p.1)).then_some(pods)
+        })
+    }
+
     /// Waits until exactly `names` exist and are all Ready.
     pub fn wait_ready(&self, names: &[&str], deadline: Duration) -> Vec<PodRow> {
         wait_until(&format!("pods {names:?} Ready"), deadline, || {

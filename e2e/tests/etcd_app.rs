@@ -17,14 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 /// The members, once all three are Ready.
 fn members(petctl: &Petctl) -> Vec<PodRow> {
-    wait_until("three Ready etcd members", DEADLINE, || {
-        let pods: Vec<PodRow> = petctl
-            .pods()
-            .into_iter()
-            .filter(|p| p.0.starts_with("etcd-"))
-            .collect();
-        (pods.len() == 3 && pods.iter().all(|p| p.1)).then_some(pods)
-    })
+    petctl.wait_ready_prefixed("etcd-", 3, DEADLINE)
 }
 
 /// etcd's JSON gateway on member `ip`: `POST /v3/<path>` with `body`.

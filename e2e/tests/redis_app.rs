@@ -15,14 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 /// The three members, once all are Ready.
 fn members(petctl: &Petctl) -> Vec<PodRow> {
-    wait_until("three Ready redis members", DEADLINE, || {
-        let pods: Vec<PodRow> = petctl
-            .pods()
-            .into_iter()
-            .filter(|p| p.0.starts_with("redis-"))
-            .collect();
-        (pods.len() == 3 && pods.iter().all(|p| p.1)).then_some(pods)
-    })
+    petctl.wait_ready_prefixed("redis-", 3, DEADLINE)
 }
 
 /// `redis-cli -h <pod>.redis ARGS` run inside `pod` (through its own name

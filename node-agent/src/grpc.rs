@@ -39,13 +39,12 @@ impl NodeAgent for LogsApi {
         request: Request<Streaming<v1::PortForwardRequest>>,
     ) -> Result<Response<Self::PortForwardStream>, Status> {
         let mut input = request.into_inner();
-        let start = input
-            .message()
-            .await?
-            .and_then(|first| first.start)
-            .ok_or_else(|| {
-                Status::invalid_argument("start: the first message names the pod and the port")
-            })?;
+        let start = petset_core::serve::opening(
+            &mut input,
+            |m: v1::PortForwardRequest| m.start,
+            "the pod and the port",
+        )
+        .await?;
         let namespace = validate::namespace_or_default(&start.namespace);
         let mut v = Violations::new();
         v.check("start.namespace", validate::dns1123_label(&namespace));
@@ -66,19 +65,11 @@ impl NodeAgent for LogsApi {
                 start.port
             ))
         })?;
-        let (mut from_pod, mut to_pod) = stream.into_split();
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = input.message().await {
-                if !m.data.is_empty() && to_pod.write_all(&m.data).await.is_err() {
-                    return;
-                }
-                if m.closed {
-                    break;
-                }
-            }
-            // The client sends no more: so the pod reads its end.
-            let _ = to_pod.shutdown().await;
-        });
+        let (mut from_pod, to_pod) = stream.into_split();
+        // The client's end of writing is the pod's end of reading.
+        tokio::spawn(feed(input, to_pod, |m: &v1::PortForwardRequest| {
+            (m.data.clone(), m.closed)
+        }));
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             pump(Some(&mut from_pod), tx, |data| v1::PortForwardResponse {
@@ -94,15 +85,12 @@ impl NodeAgent for LogsApi {
         request: Request<Streaming<v1::ExecRequest>>,
     ) -> Result<Response<ExecOutput>, Status> {
         let mut input = request.into_inner();
-        let start = input
-            .message()
-            .await?
-            .and_then(|first| first.start)
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "start: the first message names the container and the command",
-                )
-            })?;
+        let start = petset_core::serve::opening(
+            &mut input,
+            |m: v1::ExecRequest| m.start,
+            "the container and the command",
+        )
+        .await?;
         let namespace = validate::namespace_or_default(&start.namespace);
         let mut v = Violations::new();
         v.check("start.namespace", validate::dns1123_label(&namespace));
@@ -155,18 +143,10 @@ impl NodeAgent for LogsApi {
                 Status::failed_precondition(format!("cannot run {:?}: {e}", start.command[0]))
             })?;
         tracing::info!(%pod, %container, command = ?start.command, "exec");
-        if let Some(mut stdin) = child.stdin.take() {
-            tokio::spawn(async move {
-                while let Ok(Some(m)) = input.message().await {
-                    if !m.stdin.is_empty() && stdin.write_all(&m.stdin).await.is_err() {
-                        break;
-                    }
-                    if m.stdin_closed {
-                        break;
-                    }
-                }
-                // Dropped: the command reads the end of its input.
-            });
+        if let Some(stdin) = child.stdin.take() {
+            tokio::spawn(feed(input, stdin, |m: &v1::ExecRequest| {
+                (m.stdin.clone(), m.stdin_closed)
+            }));
         }
         let (tx, rx) = mpsc::channel(16);
         let (out, err) = (child.stdout.take(), child.stderr.take());
@@ -368,6 +348,26 @@ async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
         (Ok(open), Ok(now)) => open.ino() == now.ino() && open.dev() == now.dev(),
         _ => false,
     }
+}
+
+/// Writes what the client sends on `input` (each message's bytes, and
+/// whether it is the last) to `to` until the client ends or says so; then
+/// shuts `to` for writing, so its reader sees the end.
+async fn feed<T>(
+    mut input: Streaming<T>,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    parts: impl Fn(&T) -> (Vec<u8>, bool),
+) {
+    while let Ok(Some(m)) = input.message().await {
+        let (bytes, last) = parts(&m);
+        if !bytes.is_empty() && to.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Sends what `from` gives, chunk by chunk, until its end; false when the

@@ -384,15 +384,12 @@ impl pods_server::Pods for PodsApi {
         request: Request<tonic::Streaming<v1::ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let mut input = request.into_inner();
-        let mut start = input
-            .message()
-            .await?
-            .and_then(|first| first.start)
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "start: the first message names the pod, the container and the command",
-                )
-            })?;
+        let mut start = petset_core::serve::opening(
+            &mut input,
+            |m: v1::ExecRequest| m.start,
+            "the pod, the container and the command",
+        )
+        .await?;
         let ns = pods::parse_name(&start.namespace, &start.name)?;
         let agent = self.agent_of(&ns, &start.name, "exec").await?;
         start.namespace = ns;
@@ -420,13 +417,12 @@ impl pods_server::Pods for PodsApi {
         request: Request<tonic::Streaming<v1::PortForwardRequest>>,
     ) -> Result<Response<Self::PortForwardStream>, Status> {
         let mut input = request.into_inner();
-        let mut start = input
-            .message()
-            .await?
-            .and_then(|first| first.start)
-            .ok_or_else(|| {
-                Status::invalid_argument("start: the first message names the pod and the port")
-            })?;
+        let mut start = petset_core::serve::opening(
+            &mut input,
+            |m: v1::PortForwardRequest| m.start,
+            "the pod and the port",
+        )
+        .await?;
         let ns = pods::parse_name(&start.namespace, &start.name)?;
         let agent = self.agent_of(&ns, &start.name, "port-forward").await?;
         start.namespace = ns;
