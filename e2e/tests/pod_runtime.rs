@@ -259,6 +259,28 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
         .1,
         "line one\nline two\n"
     );
+    // -t: the command on a terminal of its own (its output, with the
+    // terminal's line ends), -i -t: keys in, the end of input as Ctrl-D.
+    let (code, out, err) = exec(&["-t", "envtest-0", "--", "tty"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("\r\n"),
+        "{out:?}"
+    );
+    let (code, out, _) = exec(
+        &[
+            "-i",
+            "-t",
+            "envtest-0",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got:$line; exit 4",
+        ],
+        Some("hello\n"),
+    );
+    assert_eq!(code, Some(4));
+    assert!(out.contains("got:hello\r\n"), "{out:?}");
     let (code, _, err) = exec(&["-c", "nope", "envtest-0", "--", "true"], None);
     assert_eq!(code, Some(1));
     assert!(err.contains("no running container nope"), "{err}");

@@ -104,12 +104,6 @@ impl NodeAgent for LogsApi {
                 "is required: the program to run and its arguments",
             );
         }
-        if start.tty {
-            v.add(
-                "start.tty",
-                "terminals are not supported yet: run without -t",
-            );
-        }
         v.into_result()?;
         let pod = format!("{namespace}/{}", start.name);
         let (container, target) =
@@ -126,9 +120,44 @@ impl NodeAgent for LogsApi {
                         self.ctx.node
                     ))
                 })?;
-        let mut command = target.command(&start.command).map_err(|e| {
+        let mut command = target.command(&start.command, start.tty).map_err(|e| {
             Status::failed_precondition(format!("container {container} of pod {pod}: {}", e.0))
         })?;
+        let cannot_run = |e: std::io::Error| {
+            Status::failed_precondition(format!("cannot run {:?}: {e}", start.command[0]))
+        };
+        tracing::info!(%pod, %container, command = ?start.command, tty = start.tty, "exec");
+        if start.tty {
+            let pty = crate::terminal::Pty::open().map_err(cannot_run)?;
+            pty.attach(&mut command).map_err(cannot_run)?;
+            let child = command.kill_on_drop(true).spawn().map_err(cannot_run)?;
+            let crate::terminal::Pty { master, slave } = pty;
+            // Only the command holds the slave now: its end ends the output.
+            drop(slave);
+            if let Some(size) = &start.size {
+                crate::terminal::Pty::resize(&master, size);
+            }
+            let reader = std::fs::File::from(master.try_clone().map_err(cannot_run)?);
+            let writer = std::fs::File::from(master.try_clone().map_err(cannot_run)?);
+            tokio::spawn(feed_terminal(
+                input,
+                tokio::fs::File::from_std(writer),
+                master,
+                start.stdin,
+            ));
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(finish(
+                child,
+                tx.clone(),
+                pump(Some(tokio::fs::File::from_std(reader)), tx, |b| {
+                    v1::ExecResponse {
+                        stdout: b,
+                        ..Default::default()
+                    }
+                }),
+            ));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let mut child = command
             .stdin(if start.stdin {
                 Stdio::piped()
@@ -139,10 +168,7 @@ impl NodeAgent for LogsApi {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| {
-                Status::failed_precondition(format!("cannot run {:?}: {e}", start.command[0]))
-            })?;
-        tracing::info!(%pod, %container, command = ?start.command, "exec");
+            .map_err(cannot_run)?;
         if let Some(stdin) = child.stdin.take() {
             tokio::spawn(feed(input, stdin, |m: &v1::ExecRequest| {
                 (m.stdin.clone(), m.stdin_closed)
@@ -150,31 +176,23 @@ impl NodeAgent for LogsApi {
         }
         let (tx, rx) = mpsc::channel(16);
         let (out, err) = (child.stdout.take(), child.stderr.take());
-        tokio::spawn(async move {
-            let pumps = tokio::join!(
-                pump(out, tx.clone(), |b| v1::ExecResponse {
-                    stdout: b,
-                    ..Default::default()
-                }),
-                pump(err, tx.clone(), |b| v1::ExecResponse {
-                    stderr: b,
-                    ..Default::default()
-                }),
-            );
-            if pumps.0 && pumps.1 {
-                let code = match child.wait().await {
-                    Ok(status) => status.code().unwrap_or(-1),
-                    Err(_) => -1,
-                };
-                let _ = tx
-                    .send(Ok(v1::ExecResponse {
-                        exit_code: Some(code),
+        let pumps = {
+            let tx = tx.clone();
+            async move {
+                let (out, err) = tokio::join!(
+                    pump(out, tx.clone(), |b| v1::ExecResponse {
+                        stdout: b,
                         ..Default::default()
-                    }))
-                    .await;
+                    }),
+                    pump(err, tx, |b| v1::ExecResponse {
+                        stderr: b,
+                        ..Default::default()
+                    }),
+                );
+                out && err
             }
-            // Else the caller went away: dropping the child kills it.
-        });
+        };
+        tokio::spawn(finish(child, tx, pumps));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -347,6 +365,52 @@ async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
     match (file.metadata().await, tokio::fs::metadata(path).await) {
         (Ok(open), Ok(now)) => open.ino() == now.ino() && open.dev() == now.dev(),
         _ => false,
+    }
+}
+
+/// Waits for the output to be sent (`output`: whether the caller is still
+/// there), then for the command, and sends its exit code; a caller gone
+/// drops the child, which kills it.
+async fn finish(
+    mut child: tokio::process::Child,
+    tx: mpsc::Sender<Result<v1::ExecResponse, Status>>,
+    output: impl std::future::Future<Output = bool>,
+) {
+    if !output.await {
+        return;
+    }
+    let code = match child.wait().await {
+        Ok(status) => status.code().unwrap_or(-1),
+        Err(_) => -1,
+    };
+    let _ = tx
+        .send(Ok(v1::ExecResponse {
+            exit_code: Some(code),
+            ..Default::default()
+        }))
+        .await;
+}
+
+/// A terminal's input: the client's keys (when it passes standard input)
+/// and its size changes. The end of its input is said as a terminal says
+/// it, with Ctrl-D.
+async fn feed_terminal(
+    mut input: Streaming<v1::ExecRequest>,
+    mut to: tokio::fs::File,
+    master: std::os::fd::OwnedFd,
+    stdin: bool,
+) {
+    while let Ok(Some(m)) = input.message().await {
+        if let Some(size) = &m.resize {
+            crate::terminal::Pty::resize(&master, size);
+        }
+        if stdin && !m.stdin.is_empty() && to.write_all(&m.stdin).await.is_err() {
+            return;
+        }
+        if stdin && m.stdin_closed {
+            let _ = to.write_all(&[4]).await;
+            let _ = to.flush().await;
+        }
     }
 }
 

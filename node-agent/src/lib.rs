@@ -41,6 +41,7 @@ pub mod pods;
 pub mod probes;
 pub mod runtime;
 pub mod schedulers;
+pub mod terminal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -37,11 +37,43 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// This terminal in raw mode (keys go to the remote terminal as typed);
+/// restored when dropped.
+struct Raw(rustix::termios::Termios);
+
+impl Raw {
+    /// Raw mode on standard input, when it is a terminal.
+    fn enter() -> Option<Raw> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(Raw(saved))
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.0,
+        );
+    }
+}
+
+/// This terminal's size, when standard output is one.
+fn terminal_size() -> Option<v1::TerminalSize> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    Some(v1::TerminalSize {
+        cols: size.ws_col.into(),
+        rows: size.ws_row.into(),
+    })
+}
+
 /// Runs the command; `Ok` when it ended with 0, [`Exited`] otherwise.
 pub async fn exec(c: &Clients, args: ExecArgs) -> Result<()> {
-    if args.tty {
-        bail!("-t: terminals are not supported yet; run without -t (-i passes standard input)");
-    }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let start = v1::ExecRequest {
         start: Some(v1::ExecStart {
@@ -50,11 +82,34 @@ pub async fn exec(c: &Clients, args: ExecArgs) -> Result<()> {
             container: args.container.unwrap_or_default(),
             command: args.command,
             stdin: args.stdin,
-            tty: false,
+            tty: args.tty,
+            size: if args.tty { terminal_size() } else { None },
         }),
         ..Default::default()
     };
     tx.send(start).await?;
+    // With -t and -i on a terminal, keys go through as typed (Ctrl-C to the
+    // remote command, not to petctl).
+    let _raw = (args.tty && args.stdin).then(Raw::enter).flatten();
+    if args.tty {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut changes) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while changes.recv().await.is_some() {
+                let resize = v1::ExecRequest {
+                    resize: terminal_size(),
+                    ..Default::default()
+                };
+                if tx.send(resize).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if args.stdin {
         // A thread of its own: a read of a terminal blocks until a line
         // comes, and must not hold petctl open once the command ended.

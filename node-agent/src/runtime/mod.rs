@@ -225,7 +225,7 @@ impl Exec {
         if let Exec::Docker(target) = self {
             return target.run(command).await;
         }
-        self.command(command)?
+        self.command(command, false)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -240,7 +240,26 @@ impl Exec {
     /// with the container's environment; its standard streams are the
     /// caller's to set. The Docker runtime has none: it execs through the
     /// engine.
-    pub fn command(&self, command: &[String]) -> Result<tokio::process::Command, ExecError> {
+    pub fn command(
+        &self,
+        command: &[String],
+        terminal: bool,
+    ) -> Result<tokio::process::Command, ExecError> {
+        // On a terminal: a new session whose controlling terminal is its
+        // standard input (util-linux setsid), then the command.
+        let on_terminal: Vec<String>;
+        let command = if terminal {
+            on_terminal = [
+                host_program("setsid").display().to_string(),
+                "--ctty".into(),
+            ]
+            .into_iter()
+            .chain(command.iter().cloned())
+            .collect();
+            &on_terminal[..]
+        } else {
+            command
+        };
         let Some((program, args)) = command.split_first() else {
             return Err(ExecError("empty command".into()));
         };
