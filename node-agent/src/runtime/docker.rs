@@ -251,6 +251,13 @@ impl DockerRuntime {
                     .no_new_privs
                     .then(|| vec!["no-new-privileges".to_string()]),
                 readonly_rootfs: Some(spec.security.read_only_root),
+                memory: spec
+                    .memory_limit
+                    .map(|bytes| bytes.min(i64::MAX as u64) as i64),
+                // No swap beyond the limit, as Kubernetes runs containers.
+                memory_swap: spec
+                    .memory_limit
+                    .map(|bytes| bytes.min(i64::MAX as u64) as i64),
                 group_add: Some(spec.security.groups.iter().map(u32::to_string).collect()),
                 ..Default::default()
             }),
@@ -396,6 +403,8 @@ pub struct ContainerSpec<'a> {
     pub user: Option<String>,
     /// Groups, capabilities, no_new_privs, read-only root.
     pub security: &'a petset_core::security::Effective,
+    /// `resources.limits.memory`, bytes (the engine's `Memory`).
+    pub memory_limit: Option<u64>,
 }
 
 /// A started container.

@@ -543,6 +543,7 @@ impl Launch {
                     mounts: &self.mounts,
                     user: self.user.clone(),
                     security: &self.security,
+                    memory_limit: self.memory_limit,
                 };
                 docker.start(&spec, log).await.map(Running::Docker)
             }
