@@ -42,9 +42,11 @@ pub struct Outcome {
     /// How long the stale copies of a frozen node lived after the thaw.
     pub stale_lived: Vec<Duration>,
     /// Writes sent to the stale copies while they were frozen (queued on
-    /// their sockets): sent, acknowledged after the thaw, and found on the
-    /// volume afterwards.
-    pub stale_writes: [u32; 3],
+    /// their sockets): sent, acknowledged after the thaw, found on the
+    /// volume afterwards, and damaging: the pod held neither that write nor
+    /// the one acknowledged before the fault (a write the stale copy began
+    /// and did not finish before its shim killed it).
+    pub stale_writes: [u32; 4],
 }
 
 impl Outcome {
@@ -180,12 +182,16 @@ impl Outcome {
     /// Counts one trial, and the writes acknowledged before it that are
     /// no longer there.
     pub fn trial(&mut self, chaos: &Chaos, acked: &BTreeMap<String, String>) {
-        self.trial_then(chaos, acked, &BTreeMap::new());
+        self.trials += 1;
+        self.writes += acked.len() as u32;
+        self.lost.extend(chaos.lost(acked, &BTreeMap::new()));
     }
 
-    /// [`Outcome::trial`] where writes were sent after the acknowledged
-    /// ones (`later`, by pod): a pod may hold either.
-    pub fn trial_then(
+    /// [`Outcome::trial`] for a frozen node, whose stale copies were sent
+    /// a write each (`later`, by pod): such a pod may hold either write; one
+    /// that holds neither was damaged by its stale copy after the thaw,
+    /// which no lease can fence: counted as such, not as a lost write.
+    pub fn trial_stale(
         &mut self,
         chaos: &Chaos,
         acked: &BTreeMap<String, String>,
@@ -193,7 +199,14 @@ impl Outcome {
     ) {
         self.trials += 1;
         self.writes += acked.len() as u32;
-        self.lost.extend(chaos.lost(acked, later));
+        for lost in chaos.lost(acked, later) {
+            let pod = lost.split(':').next().unwrap_or_default();
+            if later.contains_key(pod) {
+                self.stale_writes[3] += 1;
+            } else {
+                self.lost.push(lost);
+            }
+        }
     }
 }
 
@@ -276,12 +289,14 @@ pub fn report(title: &str, trials: u32, outcomes: &BTreeMap<&str, Outcome>, seen
         );
         if !o.stale_lived.is_empty() {
             let (p50, max) = spread(&o.stale_lived, |d| format!("{} ms", d.as_millis()));
-            let [sent, acked, landed] = o.stale_writes;
+            let [sent, acked, landed, damaged] = o.stale_writes;
             let _ = writeln!(
                 stale,
                 "{fault}: the stale copies lived {p50} (p50), {max} (max) after the thaw; \
                  of {sent} writes queued on their sockets while frozen, {acked} were \
-                 acknowledged after the thaw and {landed} were on the volume afterwards"
+                 acknowledged after the thaw, {landed} were on the volume afterwards, and \
+                 {damaged} left their pod holding neither it nor the write acknowledged \
+                 before the fault (begun by the stale copy, not finished before its kill)"
             );
         }
     }

@@ -154,7 +154,7 @@ fn node_frozen(chaos: &Chaos, pod: &str, tag: &str, outcomes: &mut BTreeMap<&str
         std::thread::sleep(Duration::from_micros(500));
     }
     let lived = thawed.elapsed();
-    let mut writes = [0u32; 3];
+    let mut writes = [0u32; 4];
     for (name, value, mut stream) in queued {
         writes[0] += 1;
         let mut answer = String::new();
@@ -172,7 +172,7 @@ fn node_frozen(chaos: &Chaos, pod: &str, tag: &str, outcomes: &mut BTreeMap<&str
     let o = outcomes
         .entry("whole node frozen (cgroup freezer)")
         .or_default();
-    o.trial_then(chaos, &acked, &later);
+    o.trial_stale(chaos, &acked, &later);
     o.replaced.push((on.len(), took));
     o.resumed.push((thawed, stale_pids));
     o.stale_lived.push(lived);
