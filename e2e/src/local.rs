@@ -141,14 +141,6 @@ impl LocalStack {
         pids[0].clone()
     }
 
-    /// The pid of a node's agent, as scripts/up wrote it.
-    pub fn agent_pid(&self, node: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{node}.pid")))
-            .expect("scripts/up wrote the agent's pid")
-            .trim()
-            .to_string()
-    }
-
     /// Stops the stack as SIGTERM does and waits for scripts/up to end.
     pub fn stop(&mut self) {
         if let Ok(None) = self.up.try_wait() {
@@ -208,17 +200,22 @@ pub fn alive(pid: &str) -> bool {
             .contains(") Z ")
 }
 
-/// The environment variable `POD_NAME` of every process running `program`
-/// itself (its shim and wrappers name it among their arguments), by pid.
-pub fn pods_running(program: &str) -> Vec<(String, String)> {
+/// Every process running `program` itself (its shim and wrappers name it
+/// among their arguments) that carries a pod: its pid, `POD_NAME` and
+/// `POD_IP` (empty when it has none), from one read of its environment.
+pub fn pods_running(program: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for pid in processes(&[program]) {
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if let Some(name) = String::from_utf8_lossy(&env)
-            .split('\0')
-            .find_map(|v| v.strip_prefix("POD_NAME="))
-        {
-            out.push((pid, name.to_string()));
+        let env = String::from_utf8_lossy(&env);
+        let var = |name: &str| {
+            env.split('\0')
+                .find_map(|v| v.strip_prefix(name))
+                .map(str::to_string)
+        };
+        if let Some(name) = var("POD_NAME=") {
+            let ip = var("POD_IP=").unwrap_or_default();
+            out.push((pid, name, ip));
         }
     }
     out
@@ -229,14 +226,8 @@ pub fn process_of(name: &str, ip: &str) -> Option<String> {
     let program = binary("kubia-pet");
     pods_running(program.to_str()?)
         .into_iter()
-        .filter(|(_, pod)| pod == name)
-        .map(|(pid, _)| pid)
-        .find(|pid| {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(&env)
-                .split('\0')
-                .any(|v| v == format!("POD_IP={ip}"))
-        })
+        .find(|(_, pod, at)| pod == name && at == ip)
+        .map(|(pid, _, _)| pid)
 }
 
 /// What a [`Sampler`] saw: how many times it looked, the most live copies
@@ -316,19 +307,15 @@ impl Sampler {
     pub fn start(pod_net: &str) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let ours = format!("POD_IP={pod_net}.");
+        let ours = format!("{pod_net}.");
         let program = binary("kubia-pet").to_str().expect("UTF-8").to_string();
         let mount = crate::node_fault::cgroup2_mount();
         let thread = std::thread::spawn(move || {
             let mut seen = Samples::default();
             while !flag.load(Ordering::Relaxed) {
                 let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for (pid, pod) in pods_running(&program) {
-                    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                    if !String::from_utf8_lossy(&env)
-                        .split('\0')
-                        .any(|v| v.starts_with(&ours))
-                    {
+                for (pid, pod, ip) in pods_running(&program) {
+                    if !ip.starts_with(&ours) {
                         continue;
                     }
                     let stopped = mount.as_deref().is_some_and(|m| {
