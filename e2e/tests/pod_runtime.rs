@@ -7,7 +7,9 @@
 //! `petctl exec` (in the pod, with its environment, standard input, the
 //! command's exit code; the probe follows `exec rm/touch` of its file), and
 //! what petset cannot answer (ConfigMaps, Secrets, unknown fields) refused
-//! at apply with the field named.
+//! at apply with the field named; each pod's own network (a namespace on
+//! its node's bridge: bound to 0.0.0.0, reached from another node) and
+//! process ids.
 
 use std::time::Duration;
 
@@ -166,7 +168,7 @@ fn log_lines(petctl: &Petctl, pod: &str, lines: usize) -> Vec<String> {
 
 #[test]
 fn env_value_from_and_var_expansion_follow_kubernetes() {
-    let stack = LocalStack::start("127.84", 10);
+    let stack = LocalStack::start("10.84", 10);
     let petctl = Petctl {
         program: binary("petctl"),
         server: stack.scheduler(0),
@@ -404,6 +406,87 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
     let peers =
         petset_e2e::curl(&[&format!("http://{}:8080/peers", kubia_1.2)]).expect("an answer");
     assert!(peers.contains("kubia-0"), "kubia finds its peers: {peers}");
+
+    // Each pod has a network of its own (the stack's bridge network): one
+    // that binds 0.0.0.0:8080 is reached at its address from a pod on
+    // another node, and at 127.0.0.1 from inside itself only.
+    let elsewhere = if node == "node-1" { "node-2" } else { "node-1" };
+    let open = format!(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: open
+spec:
+  serviceName: kubia
+  replicas: 1
+  selector:
+    matchLabels: {{app: open}}
+  template:
+    metadata:
+      labels: {{app: open}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {elsewhere}}}
+      containers:
+      - name: main
+        image: luksa/kubia-pet
+        env:
+        - {{name: LISTEN, value: "0.0.0.0:8080"}}
+        - {{name: DATA_FILE, value: /tmp/open-data}}
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+"#
+    );
+    petctl.apply(&open);
+    let open_0 = wait_until("open-0 Ready", Duration::from_secs(60), || {
+        petctl.pods().into_iter().find(|p| p.0 == "open-0" && p.1)
+    });
+    assert_eq!(open_0.3, elsewhere);
+    let reached = exec(
+        &[
+            "envtest-0",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            &format!("http://{}:8080/", open_0.2),
+        ],
+        None,
+    );
+    assert_eq!(reached.0, Some(0), "{reached:?}");
+    assert!(reached.1.starts_with("You've hit open-0"), "{reached:?}");
+    let inside = exec(
+        &[
+            "open-0",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            "http://127.0.0.1:8080/",
+        ],
+        None,
+    );
+    assert!(inside.1.starts_with("You've hit open-0"), "{inside:?}");
+    let (code, _, _) = exec(
+        &[
+            "envtest-0",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            "http://127.0.0.1:8080/",
+        ],
+        None,
+    );
+    assert_ne!(code, Some(0), "envtest-0's loopback is its own");
+    // Its own process ids: the container's program is pid 1.
+    let (_, pid_1, _) = exec(&["open-0", "--", "cat", "/proc/1/cmdline"], None);
+    assert!(pid_1.contains("kubia-pet"), "{pid_1:?}");
+    petctl.run(&["delete", "sts", "open"]);
 
     // port-forward: a local port relayed to kubia-0's 8080 through
     // scheduler-svc and its node agent, both ways, one connection after

@@ -28,6 +28,19 @@ pub enum RuntimeKind {
     Docker,
 }
 
+/// How pods reach the network (process runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodNetwork {
+    /// The host's network: each pod has its own address of the pod subnet
+    /// (a loopback one, e.g. 127.1.1.0/24) and must bind it, not 0.0.0.0.
+    Host,
+    /// A network namespace per pod, its `eth0` a veth on the node's bridge,
+    /// which holds the subnet's last address (needs namespaces and a
+    /// subnet that is not on loopback): pods bind any address and port,
+    /// and reach the pods of other nodes through the host.
+    Bridge,
+}
+
 /// node-agent: runs the pods the scheduler binds to this node.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "node-agent", version, about)]
@@ -70,6 +83,9 @@ pub struct Config {
     /// loopback: pods listening on the same port do not collide).
     #[arg(long, env = "PETSET_POD_SUBNET", default_value = "127.1.0.0/24")]
     pub pod_subnet: ipnet::Ipv4Net,
+    /// How pods reach the network (process runtime).
+    #[arg(long, env = "PETSET_POD_NETWORK", value_enum, default_value_t = PodNetwork::Host)]
+    pub pod_network: PodNetwork,
     /// Where pod logs and emptyDir volumes live.
     #[arg(
         long,

@@ -10,6 +10,8 @@
 //! - [`keepalive`]: renewing the lease and the fence deadline it buys.
 //! - [`schedulers`]: every scheduler replica; calls go to whichever answers.
 //! - [`addresses`]: the node's pod addresses.
+//! - [`network`]: the node's bridge and each pod's network namespace
+//!   (`--pod-network bridge`).
 //! - [`pods`]: one pod's life: attach, run, probe, restart, report, stop.
 //! - [`runtime`]: a container as a process (namespaces, mounts, signals) or,
 //!   in [`runtime::docker`], a Docker container (`--runtime docker`); exec
@@ -36,6 +38,7 @@ pub mod fence;
 mod grpc;
 pub mod keepalive;
 pub mod limits;
+pub mod network;
 mod node;
 pub mod pods;
 pub mod probes;
@@ -58,7 +61,7 @@ use petset_proto::v1::storage_client::StorageClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{Config, Isolation, RuntimeKind};
+pub use config::{Config, Isolation, PodNetwork, RuntimeKind};
 pub use petset_core::serve::ServeError;
 
 use crate::addresses::Addresses;
@@ -93,13 +96,29 @@ impl Agent {
         let identity = lazy_channel("identity-addr", &config.identity_addr)?;
         let node_address = node_address.unwrap_or_else(|| "127.0.0.1".into());
         let mut addresses = Addresses::new(config.pod_subnet);
-        let dns_relay = match (&runtime, &config.pod_dns) {
-            (
-                runtime::Runtime::Process {
-                    namespaces: true, ..
-                },
-                Some(upstream),
-            ) => start_dns_relay(upstream, &mut addresses).await?,
+        let namespaces = matches!(
+            runtime,
+            runtime::Runtime::Process {
+                namespaces: true,
+                ..
+            }
+        );
+        let bridge = match config.pod_network {
+            PodNetwork::Host => None,
+            PodNetwork::Bridge => Some(set_up_bridge(config, namespaces, &mut addresses).await?),
+        };
+        let dns_relay = match &config.pod_dns {
+            Some(upstream) if namespaces => {
+                // The bridge's address, or the subnet's last kept for it.
+                match bridge
+                    .as_ref()
+                    .map(|b| b.gateway)
+                    .or_else(|| addresses.take_last())
+                {
+                    Some(ip) => Some(start_dns_relay(upstream, ip).await?),
+                    None => None,
+                }
+            }
             _ => None,
         };
         let ctx = Arc::new(Context {
@@ -116,6 +135,7 @@ impl Agent {
             execs: Default::default(),
             dns_relay,
             zone: config.cluster_domain.clone(),
+            bridge,
         });
         // Where petctl finds this agent's logs: the bound address, or the
         // node's address when bound to every address (0.0.0.0 reaches
@@ -155,6 +175,9 @@ impl Agent {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        if let Some(bridge) = &ctx.bridge {
+            bridge.tear_down().await;
+        }
         server
             .await
             .map_err(|e| ServeError::Config {
@@ -165,14 +188,43 @@ impl Agent {
     }
 }
 
-/// Process runtime: relays the pods' DNS from the last address of the pod
-/// subnet (kept from the pods), port 53, to `upstream` (identity-svc's DNS,
-/// `host:port`, port 53 when none is given); that address, or `None` when
-/// the subnet has none left.
+/// `--pod-network bridge`: the node's bridge, on the subnet's last address
+/// (kept from the pods).
+async fn set_up_bridge(
+    config: &Config,
+    namespaces: bool,
+    addresses: &mut Addresses,
+) -> Result<network::Bridge, ServeError> {
+    let bad = |reason: String| ServeError::Config {
+        setting: "pod-network",
+        reason,
+    };
+    if config.runtime != RuntimeKind::Process || !namespaces {
+        return Err(bad(
+            "bridge needs the process runtime with namespaces (root); use --pod-network host"
+                .into(),
+        ));
+    }
+    let gateway = addresses.take_last().ok_or_else(|| {
+        bad(format!(
+            "pod subnet {} has no address for the bridge",
+            config.pod_subnet
+        ))
+    })?;
+    let bridge = network::Bridge::set_up(config.pod_subnet, gateway)
+        .await
+        .map_err(bad)?;
+    tracing::info!(bridge = %bridge.name, %gateway, subnet = %bridge.subnet, "each pod runs in a network namespace of its own on the node's bridge");
+    Ok(bridge)
+}
+
+/// Process runtime: relays the pods' DNS from `ip` (an address of the pod
+/// subnet kept from the pods), port 53, to `upstream` (identity-svc's DNS,
+/// `host:port`, port 53 when none is given); answers `ip`.
 async fn start_dns_relay(
     upstream: &str,
-    addresses: &mut Addresses,
-) -> Result<Option<std::net::IpAddr>, ServeError> {
+    ip: std::net::Ipv4Addr,
+) -> Result<std::net::IpAddr, ServeError> {
     let bad = |reason: String| ServeError::Config {
         setting: "pod-dns",
         reason,
@@ -190,14 +242,11 @@ async fn start_dns_relay(
         .map_err(|e| bad(format!("{with_port:?}: {e}")))?
         .next()
         .ok_or_else(|| bad(format!("{with_port:?} resolves to no address")))?;
-    let Some(ip) = addresses.take_last() else {
-        return Ok(None);
-    };
     let listen = std::net::SocketAddr::new(ip.into(), 53);
     // Bound before the first pod can ask.
     let relay = dns::Relay::bind(listen)
         .await
         .map_err(|e| bad(format!("cannot relay the pods' DNS from {listen}: {e}")))?;
     tokio::spawn(relay.serve(upstream));
-    Ok(Some(ip.into()))
+    Ok(ip.into())
 }

@@ -85,6 +85,9 @@ pub struct Context {
     pub dns_relay: Option<IpAddr>,
     /// The cluster's DNS zone.
     pub zone: String,
+    /// Process runtime, `--pod-network bridge`: the node's bridge, on which
+    /// each pod gets a network namespace of its own.
+    pub bridge: Option<crate::network::Bridge>,
 }
 
 /// The running containers, by (`<namespace>/<pod>`, index in the pod):
@@ -284,6 +287,40 @@ pub async fn supervise(
         }
     }
 
+    // The pod's network namespace (`--pod-network bridge`), which all its
+    // containers join, as a pod sandbox's.
+    let mut sandbox = None;
+    if let Some(bridge) = &ctx.bridge {
+        loop {
+            match bridge.sandbox(ip).instrument(in_start(&starting)).await {
+                Ok(made) => {
+                    sandbox = Some(made);
+                    break;
+                }
+                Err(message) => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), %message, "cannot make the pod's network namespace");
+                    reporter
+                        .report(&[ContainerState {
+                            reason: "ContainerCreating".into(),
+                            message: format!("FailedCreatePodSandBox: {message}"),
+                            ..Default::default()
+                        }])
+                        .instrument(in_start(&starting))
+                        .await;
+                    tokio::select! {
+                        _ = stop.changed() => {
+                            let how = *stop.borrow();
+                            finish(&ctx, &reporter, &identity, &attached, how).await;
+                            return;
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        }
+    }
+    let netns = sandbox.as_ref().map(crate::network::Sandbox::path);
+
     // Containers.
     let (state_tx, mut state_rx) =
         watch::channel(vec![ContainerState::default(); spec.containers.len()]);
@@ -291,7 +328,7 @@ pub async fn supervise(
     let mut tasks = tokio::task::JoinSet::new();
     let (container_stop_tx, container_stop) = watch::channel::<Option<Stop>>(None);
     for (index, container) in spec.containers.iter().enumerate() {
-        let launch = match launch_for(&ctx, &pod, container, &volumes, ip) {
+        let launch = match launch_for(&ctx, &pod, container, &volumes, ip, netns.clone()) {
             Ok(launch) => launch,
             Err(message) => {
                 tracing::warn!(pod = %format!("{ns}/{name}"), container = %container.name, %message, "container cannot start");
@@ -354,6 +391,9 @@ pub async fn supervise(
     };
     let _ = container_stop_tx.send(how);
     while tasks.join_next().await.is_some() {}
+    if let Some(sandbox) = sandbox {
+        sandbox.remove().await;
+    }
     finish(&ctx, &reporter, &identity, &attached, how).await;
     tracing::info!(pod = %format!("{ns}/{name}"), incarnation = pod.incarnation, ?how, "pod stopped");
 }
@@ -397,6 +437,7 @@ fn launch_for(
     container: &v1::Container,
     volumes: &BTreeMap<String, PathBuf>,
     ip: Ipv4Addr,
+    netns: Option<PathBuf>,
 ) -> Result<Launch, String> {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -570,6 +611,7 @@ fn launch_for(
         hostname,
         mounts,
         namespaces,
+        netns,
         memory_limit: container
             .resources
             .as_ref()

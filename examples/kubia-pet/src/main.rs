@@ -175,5 +175,13 @@ async fn main() -> std::io::Result<()> {
         .fallback(get(read).post(store))
         .with_state(pet);
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await
+    // SIGTERM ends it (after the requests in flight): in its pod's pid
+    // namespace it is pid 1, which the kernel gives no default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            term.recv().await;
+            println!("SIGTERM: stopping.");
+        })
+        .await
 }

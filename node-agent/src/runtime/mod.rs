@@ -287,7 +287,7 @@ impl Exec {
                 let mut c = tokio::process::Command::new(host_program("nsenter"));
                 c.arg("--target")
                     .arg(target.to_string())
-                    .args(["--mount", "--uts", "--"])
+                    .args(["--mount", "--uts", "--net", "--pid", "--"])
                     .args(as_user)
                     .args(command);
                 (env, c)
@@ -312,9 +312,14 @@ fn host_program(program: &str) -> PathBuf {
 }
 
 /// The first process, breadth first from `leader` down its descendants,
-/// whose mount namespace is not the agent's: the container's.
+/// whose mount and pid namespaces are not the agent's: the container's
+/// (`unshare` itself is in the new mount namespace, but only its children
+/// are in the new pid namespace).
 fn namespaced_descendant(leader: u32) -> Option<u32> {
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let ns = |pid: &str| {
+        let of = |kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+        Some((of("mnt")?, of("pid")?))
+    };
     let own = ns("self")?;
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -335,8 +340,10 @@ fn namespaced_descendant(leader: u32) -> Option<u32> {
     }
     let mut queue = std::collections::VecDeque::from([leader]);
     while let Some(pid) = queue.pop_front() {
-        let here = ns(&pid.to_string());
-        if here.is_some() && here.as_ref() != Some(&own) {
+        if let Some((mnt, pidns)) = ns(&pid.to_string())
+            && mnt != own.0
+            && pidns != own.1
+        {
             return Some(pid);
         }
         queue.extend(children.get(&pid).into_iter().flatten());
@@ -451,6 +458,9 @@ pub struct Launch {
     pub mounts: Vec<(PathBuf, String)>,
     /// Own namespaces (root), or a plain process.
     pub namespaces: bool,
+    /// The pod's network namespace, which the container joins
+    /// (`--pod-network bridge`); `None`: the host's network.
+    pub netns: Option<PathBuf>,
     /// Who the container runs as, with which capabilities (its security
     /// context, resolved).
     pub security: petset_core::security::Effective,
@@ -560,21 +570,32 @@ impl Launch {
     ) -> std::io::Result<Command> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
-        let new = |program: &str| match shim {
-            Some((shim, deadline)) => {
-                let mut c = Command::new(shim);
-                c.arg(deadline.to_string())
-                    .arg("--")
-                    .arg(host_program(program));
-                c
+        // Under the shim when there is one; in the pod's network namespace
+        // when it has one (nsenter execs what follows: the shim stays the
+        // parent).
+        let new = |program: &str| {
+            let mut argv: Vec<std::ffi::OsString> = Vec::new();
+            if let Some((shim, deadline)) = shim {
+                argv.extend([shim.into(), deadline.to_string().into(), "--".into()]);
             }
-            None => Command::new(host_program(program)),
+            if let Some(netns) = &self.netns {
+                let mut net = std::ffi::OsString::from("--net=");
+                net.push(netns);
+                argv.extend([host_program("nsenter").into(), net, "--".into()]);
+            }
+            argv.push(host_program(program).into());
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
         };
         let mut command = if self.namespaces {
             let mut c = new("setpriv");
             c.args(["--pdeathsig", "KILL", "--"])
                 .arg(host_program("unshare"))
-                .args(["--uts", "--mount", "--propagation", "private"])
+                // Own hostname, mounts and process ids: the container's
+                // program is pid 1 of its own /proc, as in a container.
+                .args(["--uts", "--mount", "--pid", "--mount-proc"])
+                .args(["--propagation", "private"])
                 .args([
                     "--fork",
                     "--kill-child",
