@@ -46,8 +46,8 @@ fn no_identity_runs_twice_and_no_acknowledged_write_is_lost_under_faults() {
             "unknown fault {f:?}: {FAULTS:?}"
         );
     }
-    let mut chaos = Chaos::start("127.78", LEASE_TTL, &[]);
-    let sampler = Sampler::start("127.78");
+    let mut chaos = Chaos::start("10.78", LEASE_TTL, &[]);
+    let sampler = Sampler::start("10.78");
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
 
     for trial in 0..trials {

@@ -82,7 +82,7 @@ fn cluster_seen_from(ip: &str) -> (usize, bool) {
 
 #[test]
 fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
-    let stack = LocalStack::start("127.85", 10);
+    let stack = LocalStack::start("10.85", 10);
     let petctl = Petctl {
         program: binary("petctl"),
         server: stack.scheduler(0),

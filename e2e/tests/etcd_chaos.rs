@@ -52,8 +52,8 @@ fn member_pid(n: u16) -> String {
 #[test]
 fn an_etcd_member_lost_stops_no_pod_and_loses_no_write() {
     let trials = trials();
-    let mut chaos = Chaos::start("127.80", LEASE_TTL, &[("PETSET_ETCD_MEMBERS", "3")]);
-    let sampler = Sampler::start("127.80");
+    let mut chaos = Chaos::start("10.80", LEASE_TTL, &[("PETSET_ETCD_MEMBERS", "3")]);
+    let sampler = Sampler::start("10.80");
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
     for trial in 0..trials {
         for fault in [

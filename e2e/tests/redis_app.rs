@@ -61,7 +61,7 @@ fn replace(petctl: &Petctl, pod: &str) -> Vec<PodRow> {
 
 #[test]
 fn redis_primary_and_replicas_run_as_a_statefulset_and_keep_their_data() {
-    let stack = LocalStack::start("127.86", 10);
+    let stack = LocalStack::start("10.86", 10);
     let petctl = Petctl {
         program: binary("petctl"),
         server: stack.scheduler(0),

@@ -82,7 +82,7 @@ fn find_pod<'a>(pods: &'a [PodRow], name: &str) -> Option<&'a PodRow> {
 
 #[test]
 fn the_seed_story_with_the_real_binaries() {
-    let local = LocalStack::start("127.77", 3);
+    let local = LocalStack::start("10.77", 3);
     let Ports {
         etcd,
         identity,
@@ -458,7 +458,7 @@ fn the_seed_story_with_the_real_binaries() {
     let old = process_of("kubia-0", &hung.2).expect("kubia-0 runs");
     let agent =
         std::fs::read_to_string(stack.local.dir.path().join(format!("{}.pid", hung.3))).unwrap();
-    let sampler = Sampler::start("127.77");
+    let sampler = Sampler::start("10.77");
     let resume = Resume(agent.trim().to_string());
     run("kill", &["-STOP", &resume.0]);
     let stopped = Instant::now();
@@ -620,7 +620,7 @@ fn the_seed_story_with_the_real_binaries() {
             .iter()
             .all(|pid| {
                 let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                !String::from_utf8_lossy(&env).contains("POD_IP=127.77.")
+                !String::from_utf8_lossy(&env).contains("POD_IP=10.77.")
             })
             .then_some(())
     });

@@ -110,7 +110,7 @@ fn one_apply_is_one_trace_across_the_processes_it_reaches() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
     ];
-    let stack = LocalStack::start_with("127.79", 3, &env);
+    let stack = LocalStack::start_with("10.79", 3, &env);
     let petctl = Petctl {
         program: binary("petctl"),
         server: stack.scheduler(0),
