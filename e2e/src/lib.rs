@@ -12,6 +12,7 @@
 //! - [`chaos`]: the fault-injection harness and its report.
 
 pub mod chaos;
+pub mod etcd;
 pub mod local;
 pub mod node_fault;
 

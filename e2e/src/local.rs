@@ -292,8 +292,9 @@ impl Samples {
 
 /// Reads the process table every ~2 ms until stopped, counting the live
 /// kubia-pet processes of each pod: the independent witness that no
-/// identity ever runs twice. A process in a frozen cgroup (a frozen node)
-/// is not live: the kernel runs none of it until it is thawed.
+/// identity ever runs twice. A process in a frozen cgroup (a frozen node,
+/// a paused container) is not live: the kernel runs none of it until it is
+/// thawed.
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -305,11 +306,17 @@ impl Sampler {
     /// `pod_net` (`a.b`, as given to [`LocalStack::start`]): another
     /// stack's pods on the machine are not this one's copies.
     pub fn start(pod_net: &str) -> Sampler {
+        Self::watching(pod_net, binary("kubia-pet").to_str().expect("UTF-8"))
+    }
+
+    /// As [`Sampler::start`], counting the processes of `program` (a path,
+    /// or a name that matches it in any folder: a container's).
+    pub fn watching(pod_net: &str, program: &str) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let ours = format!("{pod_net}.");
-        let program = binary("kubia-pet").to_str().expect("UTF-8").to_string();
-        let mount = crate::node_fault::cgroup2_mount();
+        let program = program.to_string();
+        let freezers = crate::node_fault::Freezers::find();
         let thread = std::thread::spawn(move || {
             let mut seen = Samples::default();
             while !flag.load(Ordering::Relaxed) {
@@ -318,10 +325,7 @@ impl Sampler {
                     if !ip.starts_with(&ours) {
                         continue;
                     }
-                    let stopped = mount.as_deref().is_some_and(|m| {
-                        crate::node_fault::cgroup_of(&pid)
-                            .is_some_and(|c| crate::node_fault::frozen(m, &c))
-                    });
+                    let stopped = freezers.frozen(&pid);
                     if !stopped && alive(&pid) {
                         now.entry(pod).or_default().push(pid);
                     }

@@ -40,6 +40,63 @@ pub fn frozen(mount: &Path, path: &str) -> bool {
     .is_ok_and(|events| events.lines().any(|l| l == "frozen 1"))
 }
 
+/// The host's freezers: cgroup v2's (`cgroup.freeze`, the chaos suite's)
+/// and v1's (`freezer.state`, what `docker pause` uses on a v1 host).
+#[derive(Debug, Clone, Default)]
+pub struct Freezers {
+    v2: Option<PathBuf>,
+    v1: Option<PathBuf>,
+}
+
+impl Freezers {
+    /// Where they are mounted.
+    pub fn find() -> Freezers {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut found = Freezers::default();
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, at, kind, options, ..] = fields[..] else {
+                continue;
+            };
+            match kind {
+                "cgroup2" => found.v2 = Some(PathBuf::from(at)),
+                "cgroup" if options.split(',').any(|o| o == "freezer") => {
+                    found.v1 = Some(PathBuf::from(at))
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Whether process `pid` is frozen by either.
+    pub fn frozen(&self, pid: &str) -> bool {
+        let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        cgroups.lines().any(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return false;
+            };
+            if controllers.is_empty() {
+                self.v2.as_deref().is_some_and(|m| frozen(m, path))
+            } else if controllers.split(',').any(|c| c == "freezer") {
+                self.v1.as_deref().is_some_and(|m| {
+                    std::fs::read_to_string(
+                        m.join(path.trim_start_matches('/')).join("freezer.state"),
+                    )
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+                })
+            } else {
+                false
+            }
+        })
+    }
+}
+
 /// A cgroup folder with one child per node; thawed, emptied into the root
 /// and removed when dropped (after the stack stopped).
 #[derive(Debug)]

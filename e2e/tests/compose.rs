@@ -4,22 +4,46 @@
 //! identity-svc, storage-svc, three Docker-runtime node agents) under a
 //! project of the test's own, and petctl on the host replays the seed:
 //! apply, ordered start, data stored through the API proxy, peers found
-//! through the cluster DNS from inside a pod, pod logs, exec probes run
-//! inside a container (readiness, and a liveness failure restarting it),
+//! through the cluster DNS from inside a pod, pod logs, `petctl exec`
+//! through the engine (hostname, input, exit code), exec probes run inside
+//! a container (readiness follows `petctl exec`, and a liveness failure
+//! restarts it),
 //! scale up. Then the leading
 //! scheduler container is stopped and the other takes over; a node
 //! container is killed and its pod runs again on another node once the
-//! node's lease has expired, with the data on its shared volume; `down`
+//! node's lease has expired, with the data on its shared volume; the etcd
+//! example runs as a three-member cluster on the remaining nodes; `down`
 //! leaves no container, pod, network or volume behind.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use petset_e2e::etcd::{cluster_seen_from, get, put};
+use petset_e2e::local::{Resume, Sampler};
 use petset_e2e::{Petctl, binary, free_port, http, leads, repo_root, run, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TAG: &str = "e2e";
+/// Trials of the hung-agent fault.
+const HUNG_TRIALS: usize = 3;
+
+/// The host pid of the node agent in compose container `container` (the
+/// child of its init).
+fn agent_pid(container: &str) -> String {
+    let init = run("docker", &["inspect", "-f", "{{.State.Pid}}", container]);
+    let init = init.trim();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .expect("the container's init runs");
+    children
+        .split_whitespace()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "node-agent")
+        })
+        .unwrap_or_else(|| panic!("no node-agent under {container}'s init ({init}): {children:?}"))
+        .to_string()
+}
 
 /// A set whose probes are commands run inside the container (the agent's
 /// image has a shell, and the example program to run).
@@ -350,11 +374,64 @@ fn the_seed_story_on_the_compose_stack() {
         petctl.pods().iter().any(probe(false, 0)).then_some(())
     });
     let id = wait_until("probe-0's container", DEADLINE, probe_container);
-    run("docker", &["exec", &id, "/bin/sh", "-c", ": > /tmp/ready"]);
+    // petctl exec runs in the container through the engine (as `docker
+    // exec`): its hostname, its input, its exit code.
+    // (Once the agent has the container running: the pod has its address
+    // before, and kubectl exec too answers "not found" until then.)
+    let hostname = wait_until("probe-0 running, for exec", DEADLINE, || {
+        let out = Command::new(&petctl.program)
+            .args([
+                "--server",
+                &petctl.server,
+                "exec",
+                "probe-0",
+                "--",
+                "hostname",
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(hostname, "probe-0\n");
+    let exec = |args: &[&str], input: &str| {
+        use std::io::Write as _;
+        let mut child = Command::new(&petctl.program)
+            .args(["--server", &petctl.server, "exec"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("petctl runs");
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(input.as_bytes()).expect("input written");
+        drop(stdin);
+        let out = child.wait_with_output().expect("petctl ends");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        exec(
+            &[
+                "-i",
+                "probe-0",
+                "--",
+                "/bin/sh",
+                "-c",
+                "read line; echo \"got $line\"; exit 7"
+            ],
+            "said in\n"
+        ),
+        (Some(7), "got said in\n".to_string())
+    );
+    petctl.run(&["exec", "probe-0", "--", "/bin/sh", "-c", ": > /tmp/ready"]);
     wait_until("probe-0 ready", DEADLINE, || {
         petctl.pods().iter().any(probe(true, 0)).then_some(())
     });
-    run("docker", &["exec", &id, "/bin/sh", "-c", ": > /tmp/die"]);
+    petctl.run(&["exec", "probe-0", "--", "/bin/sh", "-c", ": > /tmp/die"]);
     wait_until("probe-0 restarted by its liveness probe", DEADLINE, || {
         petctl.pods().iter().any(probe(false, 1)).then_some(())
     });
@@ -370,6 +447,46 @@ fn the_seed_story_on_the_compose_stack() {
 
     petctl.run(&["scale", "sts", "kubia", "--replicas=3"]);
     petctl.wait_ready(&["kubia-0", "kubia-1", "kubia-2"], DEADLINE);
+
+    // A hung agent (SIGSTOP), HUNG_TRIALS times: its node's namespace fence
+    // (petset-shim --namespace) kills the node's pods at the lease
+    // deadline, before the lease can expire and kubia-0 be placed on
+    // another node; the witness samples every kubia-pet process of the
+    // stack and never sees two copies of a pod. Resumed, the agent joins
+    // again.
+    for trial in 0..HUNG_TRIALS {
+        let pods = petctl.wait_ready(&["kubia-0", "kubia-1", "kubia-2"], DEADLINE);
+        let hung = pods[0].3.clone();
+        let agent = agent_pid(&project.container(&hung));
+        let sampler = Sampler::watching(&net, "kubia-pet");
+        run("kill", &["-STOP", &agent]);
+        let resume = Resume(agent.clone());
+        let moved = wait_until("kubia-0 Ready on another node", DEADLINE, || {
+            let pods = petctl.pods();
+            let pod = pods.iter().find(|p| p.0 == "kubia-0")?.clone();
+            (pod.1 && pod.3 != hung && !pod.3.is_empty()).then_some(pod)
+        });
+        drop(resume);
+        let seen = sampler.stop();
+        assert!(
+            seen.doubled().is_empty(),
+            "trial {trial}: two copies at once with {hung}'s agent hung: {:?}",
+            seen.doubles
+        );
+        assert_eq!(
+            seen.most.get("kubia-0"),
+            Some(&1),
+            "trial {trial}: {seen:?}"
+        );
+        assert!(seen.samples > 100, "trial {trial}: {} looks", seen.samples);
+        eprintln!(
+            "hung agent, trial {trial}: kubia-0 moved from {hung} to {} with never two copies ({} looks)",
+            moved.3, seen.samples
+        );
+        wait_until("three Ready nodes again", DEADLINE, || {
+            (petctl.ready_nodes() == 3).then_some(())
+        });
+    }
 
     // Stop the leading scheduler container: the other replica takes over
     // and its controller scales down.
@@ -412,6 +529,35 @@ fn the_seed_story_on_the_compose_stack() {
         body.contains(greeting),
         "kubia-0 lost its data when it moved to {}: {body}",
         moved.3
+    );
+
+    // A real clustered application on the Docker runtime: examples/etcd,
+    // its image mapped to petset/etcd (Debian's etcd). The members find
+    // each other by their stable names through identity-svc's DNS; a key
+    // written through etcd-0 is read through etcd-2.
+    let etcd = std::fs::read_to_string(repo_root().join("examples/etcd/etcd.yaml"))
+        .expect("examples/etcd");
+    petctl.apply(&etcd);
+    let members = petctl.wait_ready_prefixed("etcd-", 3, Duration::from_secs(180));
+    let member = |name: &str| {
+        members
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| p.2.clone())
+            .expect("a member")
+    };
+    for m in ["etcd-0", "etcd-1", "etcd-2"] {
+        let ip = member(m);
+        wait_until(
+            &format!("{m} healthy in a cluster of three"),
+            DEADLINE,
+            || (cluster_seen_from(&ip) == (3, true)).then_some(()),
+        );
+    }
+    assert!(put(&member("etcd-0"), "petset", "on compose"));
+    assert_eq!(
+        get(&member("etcd-2"), "petset").as_deref(),
+        Some("on compose")
     );
 
     // down: nothing of the project is left.

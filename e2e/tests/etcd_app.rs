@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use petset_e2e::etcd::{cluster_seen_from, get, put};
 use petset_e2e::local::LocalStack;
-use petset_e2e::{Petctl, PodRow, binary, curl, repo_root, wait_until};
+use petset_e2e::{Petctl, PodRow, binary, repo_root, wait_until};
 
 const MEMBERS: [&str; 3] = ["etcd-0", "etcd-1", "etcd-2"];
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -18,66 +19,6 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// The members, once all three are Ready.
 fn members(petctl: &Petctl) -> Vec<PodRow> {
     petctl.wait_ready_prefixed("etcd-", 3, DEADLINE)
-}
-
-/// etcd's JSON gateway on member `ip`: `POST /v3/<path>` with `body`.
-fn v3(ip: &str, path: &str, body: &str) -> Option<String> {
-    curl(&[
-        "-m",
-        "3",
-        "-X",
-        "POST",
-        "-d",
-        body,
-        &format!("http://{ip}:2379/v3/{path}"),
-    ])
-}
-
-/// Puts `key` = `value` (base64 both, as the gateway wants) through `ip`.
-fn put(ip: &str, key: &str, value: &str) -> bool {
-    v3(
-        ip,
-        "kv/put",
-        &format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value)),
-    )
-    .is_some_and(|a| a.contains("\"header\""))
-}
-
-/// The value of `key` read through `ip` (base64, as the gateway says it).
-fn get(ip: &str, key: &str) -> Option<String> {
-    let answer = v3(ip, "kv/range", &format!(r#"{{"key":"{}"}}"#, b64(key)))?;
-    let at = answer.find("\"value\":\"")? + "\"value\":\"".len();
-    Some(answer[at..].split('"').next()?.to_string())
-}
-
-fn b64(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// How many members member `ip` knows, and whether it says it is healthy.
-fn cluster_seen_from(ip: &str) -> (usize, bool) {
-    let members = v3(ip, "cluster/member/list", "{}").unwrap_or_default();
-    let health = curl(&["-m", "3", &format!("http://{ip}:2379/health")]).unwrap_or_default();
-    (
-        members.matches("\"peerURLs\"").count(),
-        health.contains("\"health\":\"true\""),
-    )
 }
 
 #[test]
@@ -105,7 +46,7 @@ fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
     assert!(put(&ip(&pods, "etcd-0"), "petset", "stateful"));
     assert_eq!(
         get(&ip(&pods, "etcd-2"), "petset").as_deref(),
-        Some(b64("stateful").as_str())
+        Some("stateful")
     );
 
     // etcd-1 deleted: it comes back with its name and its data (its claim),
@@ -121,10 +62,7 @@ fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
     wait_until("etcd-1 healthy in a cluster of three", DEADLINE, || {
         (cluster_seen_from(&back) == (3, true)).then_some(())
     });
-    assert_eq!(
-        get(&back, "petset").as_deref(),
-        Some(b64("stateful").as_str())
-    );
+    assert_eq!(get(&back, "petset").as_deref(), Some("stateful"));
     let claims = petctl.run(&["get", "pvc"]);
     assert_eq!(claims.matches("data-etcd-").count(), 3, "{claims}");
 
@@ -188,10 +126,6 @@ fn an_etcd_cluster_runs_as_a_statefulset_and_keeps_its_data() {
         assert_eq!(revision(m), new_revision, "{m} was updated");
         let at = ip(&pods, m);
         assert_eq!(cluster_seen_from(&at), (3, true), "{m}");
-        assert_eq!(
-            get(&at, "petset").as_deref(),
-            Some(b64("stateful").as_str()),
-            "{m}"
-        );
+        assert_eq!(get(&at, "petset").as_deref(), Some("stateful"), "{m}");
     }
 }

@@ -166,6 +166,51 @@ fn log_lines(petctl: &Petctl, pod: &str, lines: usize) -> Vec<String> {
     )
 }
 
+/// The CFS quota and period (microseconds) of the cpu cgroup named in
+/// `cgroups` (a process's `/proc/<pid>/cgroup`), read on this host: v1's
+/// cpu hierarchy, else v2's `cpu.max`.
+fn cpu_quota(cgroups: &str) -> Option<(u64, u64)> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mount_of = |v1_controller: Option<&str>| {
+        mounts.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, at, kind, options, ..] = fields[..] else {
+                return None;
+            };
+            let fits = match v1_controller {
+                Some(c) => kind == "cgroup" && options.split(',').any(|o| o == c),
+                None => kind == "cgroup2",
+            };
+            fits.then(|| std::path::PathBuf::from(at))
+        })
+    };
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "cpu") {
+            let dir = mount_of(Some("cpu"))?.join(path);
+            let read = |f: &str| -> Option<u64> {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            return Some((read("cpu.cfs_quota_us")?, read("cpu.cfs_period_us")?));
+        }
+        if controllers.is_empty() {
+            let max = std::fs::read_to_string(mount_of(None)?.join(path).join("cpu.max"));
+            if let Some((quota, period)) =
+                max.ok().as_deref().and_then(|m| m.trim().split_once(' '))
+            {
+                return Some((quota.parse().ok()?, period.parse().ok()?));
+            }
+        }
+    }
+    None
+}
+
 #[test]
 fn env_value_from_and_var_expansion_follow_kubernetes() {
     let stack = LocalStack::start("10.84", 10);
@@ -436,6 +481,8 @@ spec:
         readinessProbe:
           tcpSocket: {{port: 8080}}
           periodSeconds: 1
+        resources:
+          limits: {{cpu: 250m}}
 "#
     );
     petctl.apply(&open);
@@ -486,6 +533,14 @@ spec:
     // Its own process ids: the container's program is pid 1.
     let (_, pid_1, _) = exec(&["open-0", "--", "cat", "/proc/1/cmdline"], None);
     assert!(pid_1.contains("kubia-pet"), "{pid_1:?}");
+    // limits.cpu 250m: a CFS quota of 25 ms per 100 ms period on the
+    // container's cgroup, as the kubelet sets it.
+    let (_, cgroups, _) = exec(&["open-0", "--", "cat", "/proc/1/cgroup"], None);
+    assert_eq!(
+        cpu_quota(&cgroups),
+        Some((25_000, 100_000)),
+        "open-0's cgroups: {cgroups}"
+    );
     petctl.run(&["delete", "sts", "open"]);
 
     // port-forward: a local port relayed to kubia-0's 8080 through

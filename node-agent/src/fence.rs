@@ -24,6 +24,26 @@
 //!   128 + the signal that ended it.
 //! - It dies with the agent (a parent-death signal), as the container did
 //!   before the shim.
+//!
+//! # The Docker runtime: one shim for the node
+//! A Docker container's processes are the engine's children, not the
+//! agent's, so no shim can sit between them. When the agent runs in a
+//! container whose pid namespace every pod joins (the compose stack), it
+//! starts one `petset-shim --namespace DEADLINE` beside itself, fed the
+//! same deadlines. Past the deadline, and for as long as it stays past,
+//! that shim kills every process of the namespace but its init, the agent
+//! and itself: every pod of the node, each container ending with its
+//! process. When the agent's pipe closes it kills them once more and
+//! exits. It refuses to run in the host's pid namespace, where that would
+//! be every process of the machine.
+
+/// Whether this process is in the host's (the initial) pid namespace,
+/// whose `/proc/self/ns/pid` inode is the kernel's fixed
+/// `PROC_PID_INIT_INO`. Unknown counts as yes.
+pub fn in_initial_pid_namespace() -> bool {
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    rustix::fs::stat("/proc/self/ns/pid").map_or(true, |s| s.st_ino == PROC_PID_INIT_INO)
+}
 
 /// Now on `CLOCK_BOOTTIME`, in nanoseconds.
 pub fn boottime_ns() -> u64 {

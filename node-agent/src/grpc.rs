@@ -120,6 +120,32 @@ impl NodeAgent for LogsApi {
                         self.ctx.node
                     ))
                 })?;
+        if let crate::runtime::Exec::Docker(docker) = &target {
+            tracing::info!(%pod, %container, command = ?start.command, tty = start.tty, "exec (engine)");
+            let size = start.size.as_ref().map(|s| {
+                let fit = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+                (fit(s.cols), fit(s.rows))
+            });
+            let session = docker
+                .session(&start.command, start.stdin, start.tty, size)
+                .await
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "container {container} of pod {pod}: {}",
+                        e.0
+                    ))
+                })?;
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(feed_engine(
+                input,
+                session.input,
+                session.handle.clone(),
+                start.stdin,
+                start.tty,
+            ));
+            tokio::spawn(relay_engine(session.output, session.handle, tx));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let mut command = target.command(&start.command, start.tty).map_err(|e| {
             Status::failed_precondition(format!("container {container} of pod {pod}: {}", e.0))
         })?;
@@ -417,6 +443,71 @@ async fn feed_terminal(
 /// Writes what the client sends on `input` (each message's bytes, and
 /// whether it is the last) to `to` until the client ends or says so; then
 /// shuts `to` for writing, so its reader sees the end.
+/// A Docker-runtime exec's input: the client's bytes and terminal sizes;
+/// the end of its input closes the command's (on a terminal, Ctrl-D).
+async fn feed_engine(
+    mut input: Streaming<v1::ExecRequest>,
+    mut to: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    handle: crate::runtime::docker::ExecHandle,
+    stdin: bool,
+    tty: bool,
+) {
+    while let Ok(Some(m)) = input.message().await {
+        if let Some(size) = &m.resize {
+            let fit = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+            handle.resize(fit(size.cols), fit(size.rows)).await;
+        }
+        if !stdin {
+            continue;
+        }
+        if !m.stdin.is_empty() && to.write_all(&m.stdin).await.is_err() {
+            return;
+        }
+        if m.stdin_closed {
+            if tty {
+                let _ = to.write_all(&[4]).await;
+                let _ = to.flush().await;
+            } else {
+                let _ = to.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// A Docker-runtime exec's output, then its exit code, to the client.
+async fn relay_engine(
+    mut output: crate::runtime::docker::SessionOutput,
+    handle: crate::runtime::docker::ExecHandle,
+    tx: mpsc::Sender<Result<v1::ExecResponse, Status>>,
+) {
+    use bollard::container::LogOutput;
+    use futures::StreamExt as _;
+    while let Some(Ok(part)) = output.next().await {
+        let answer = match part {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => v1::ExecResponse {
+                stdout: message.to_vec(),
+                ..Default::default()
+            },
+            LogOutput::StdErr { message } => v1::ExecResponse {
+                stderr: message.to_vec(),
+                ..Default::default()
+            },
+            LogOutput::StdIn { .. } => continue,
+        };
+        if tx.send(Ok(answer)).await.is_err() {
+            return;
+        }
+    }
+    let code = handle.exit_code().await;
+    let _ = tx
+        .send(Ok(v1::ExecResponse {
+            exit_code: Some(code),
+            ..Default::default()
+        }))
+        .await;
+}
+
 async fn feed<T>(
     mut input: Streaming<T>,
     mut to: impl tokio::io::AsyncWrite + Unpin,

@@ -163,9 +163,9 @@ impl Agent {
         let ctx = node.ctx.clone();
         node.run(shutdown.clone(), LeasesClient::new(identity))
             .await;
-        // The pods are stopped: their memory cgroups go too.
+        // The pods are stopped: their cgroups go too.
         if let runtime::Runtime::Process {
-            memory: Some(cgroups),
+            cgroups: Some(cgroups),
             ..
         } = &ctx.runtime
         {

@@ -612,12 +612,19 @@ fn launch_for(
         mounts,
         namespaces,
         netns,
-        memory_limit: container
-            .resources
-            .as_ref()
-            .and_then(|r| r.limits.get("memory"))
-            .and_then(|q| petset_core::quantity::Quantity::parse(q).ok())
-            .and_then(|q| q.value()),
+        limits: {
+            let limit = |name: &str| {
+                container
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.limits.get(name))
+                    .and_then(|q| petset_core::quantity::Quantity::parse(q).ok())
+            };
+            crate::limits::Limits {
+                memory: limit("memory").and_then(|q| q.value()),
+                cpu_millis: limit("cpu").and_then(|q| q.milli_value()),
+            }
+        },
         user: named_user(
             spec.security_context.as_ref(),
             container.security_context.as_ref(),

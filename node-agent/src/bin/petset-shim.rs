@@ -17,6 +17,14 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, deadline] = args.as_slice()
+        && mode == "--namespace"
+    {
+        let Ok(deadline) = deadline.parse::<u64>() else {
+            usage()
+        };
+        namespace_fence(deadline);
+    }
     let (deadline, argv) = match args.as_slice() {
         [deadline, dashes, argv @ ..] if dashes == "--" && !argv.is_empty() => {
             match deadline.parse::<u64>() {
@@ -46,8 +54,95 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: petset-shim DEADLINE_BOOTTIME_NS -- PROGRAM [ARGS...]");
+    eprintln!(
+        "usage: petset-shim DEADLINE_BOOTTIME_NS -- PROGRAM [ARGS...]\n       \
+         petset-shim --namespace DEADLINE_BOOTTIME_NS"
+    );
     std::process::exit(2);
+}
+
+/// `--namespace`: the fence of a whole pid namespace (the Docker runtime's
+/// agent container, which every pod joins). Past the deadline, and for as
+/// long as it stays past, every process of the namespace but its init, the
+/// agent (the shim's parent) and the shim is killed; when the agent's pipe
+/// closes, once more, then the shim exits. See `node_agent::fence`.
+fn namespace_fence(mut deadline: u64) -> ! {
+    // kill(-1) reaches every process of the caller's pid namespace: never
+    // the host's own.
+    if node_agent::fence::in_initial_pid_namespace() {
+        eprintln!(
+            "petset-shim: --namespace refused in the host's pid namespace (it would kill every process)"
+        );
+        std::process::exit(2);
+    }
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    let agent = rustix::process::getppid();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Option<u64>>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if let Ok(next) = line.trim().parse::<u64>() {
+                let _ = lines_tx.send(Some(next));
+            }
+        }
+        let _ = lines_tx.send(None);
+    });
+    let mut fenced = false;
+    loop {
+        let left = Duration::from_nanos(deadline.saturating_sub(boottime_ns()));
+        if left.is_zero() {
+            if !fenced {
+                eprintln!(
+                    "petset-shim: the node's lease renewal was not confirmed before the deadline: \
+                     killing every pod of the node"
+                );
+                fenced = true;
+            }
+            kill_namespace(agent);
+        } else if fenced {
+            eprintln!("petset-shim: a new deadline: pods may run again");
+            fenced = false;
+        }
+        match lines.recv_timeout(if left.is_zero() {
+            RECHECK
+        } else {
+            left.min(RECHECK)
+        }) {
+            Ok(Some(next)) => deadline = deadline.max(next),
+            Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                eprintln!(
+                    "petset-shim: the agent closed its pipe (it stopped or died): killing every pod of the node"
+                );
+                kill_namespace(agent);
+                std::process::exit(137);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// SIGKILL to every process of this pid namespace but its init, `agent`
+/// and the shim.
+fn kill_namespace(agent: Option<Pid>) {
+    let me = rustix::process::getpid();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        if pid.as_raw_nonzero().get() == 1 || pid == me || Some(pid) == agent {
+            continue;
+        }
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
 }
 
 async fn run(mut deadline: u64, argv: Vec<String>) -> i32 {

@@ -54,6 +54,9 @@ pub struct DockerRuntime {
     pub sandbox: Option<String>,
     /// The agent's address on `network`, when it runs in a container.
     pub sandbox_address: Option<String>,
+    /// Whether the sandbox is the agent's own container (`auto`), so that
+    /// the agent shares the pid namespace its pods join.
+    pub sandbox_is_self: bool,
     dns: Vec<String>,
     zone: String,
 }
@@ -105,6 +108,7 @@ impl DockerRuntime {
             .and_then(|c| c.network_settings.as_ref()?.networks.clone())
             .unwrap_or_default();
         let sandbox = sandbox.and_then(|c| c.id);
+        let sandbox_is_self = settings.sandbox == "auto" && sandbox.is_some();
         let network = match &settings.network {
             Some(n) => n.clone(),
             None => {
@@ -153,6 +157,7 @@ impl DockerRuntime {
             network,
             sandbox,
             sandbox_address,
+            sandbox_is_self,
             dns,
             zone: settings.cluster_domain.clone(),
         })
@@ -252,12 +257,19 @@ impl DockerRuntime {
                     .then(|| vec!["no-new-privileges".to_string()]),
                 readonly_rootfs: Some(spec.security.read_only_root),
                 memory: spec
-                    .memory_limit
+                    .limits
+                    .memory
                     .map(|bytes| bytes.min(i64::MAX as u64) as i64),
                 // No swap beyond the limit, as Kubernetes runs containers.
                 memory_swap: spec
-                    .memory_limit
+                    .limits
+                    .memory
                     .map(|bytes| bytes.min(i64::MAX as u64) as i64),
+                // limits.cpu as the engine's CFS quota (`docker --cpus`).
+                nano_cpus: spec
+                    .limits
+                    .cpu_millis
+                    .map(|millis| millis.saturating_mul(1_000_000).min(i64::MAX as u64) as i64),
                 group_add: Some(spec.security.groups.iter().map(u32::to_string).collect()),
                 ..Default::default()
             }),
@@ -403,8 +415,9 @@ pub struct ContainerSpec<'a> {
     pub user: Option<String>,
     /// Groups, capabilities, no_new_privs, read-only root.
     pub security: &'a petset_core::security::Effective,
-    /// `resources.limits.memory`, bytes (the engine's `Memory`).
-    pub memory_limit: Option<u64>,
+    /// `resources.limits`: memory (the engine's `Memory`) and cpu
+    /// (`NanoCpus`).
+    pub limits: crate::limits::Limits,
 }
 
 /// A started container.
@@ -482,5 +495,117 @@ impl ExecTarget {
         }
         let inspected = self.client.inspect_exec(&exec).await.map_err(failed)?;
         Ok(inspected.exit_code.unwrap_or(-1))
+    }
+
+    /// Starts `command` in the container as `docker exec` does (the
+    /// container's user and environment), attached: its input when `stdin`,
+    /// on a terminal of `size` when `tty`.
+    pub async fn session(
+        &self,
+        command: &[String],
+        stdin: bool,
+        tty: bool,
+        size: Option<(u16, u16)>,
+    ) -> Result<Session, ExecError> {
+        let failed = |e: bollard::errors::Error| ExecError(e.to_string());
+        let create = bollard::exec::CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(tty),
+            ..Default::default()
+        };
+        let id = self
+            .client
+            .create_exec(&self.id, create)
+            .await
+            .map_err(failed)?
+            .id;
+        let started = self
+            .client
+            .start_exec(
+                &id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: false,
+                    tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(failed)?;
+        let bollard::exec::StartExecResults::Attached { output, input } = started else {
+            return Err(ExecError("the engine did not attach to the command".into()));
+        };
+        let handle = ExecHandle {
+            client: self.client.clone(),
+            id,
+        };
+        if let Some((cols, rows)) = size {
+            handle.resize(cols, rows).await;
+        }
+        Ok(Session {
+            handle,
+            output,
+            input,
+        })
+    }
+}
+
+/// What a [`Session`]'s command writes.
+pub type SessionOutput = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>>
+            + Send,
+    >,
+>;
+
+/// A command started in a container with [`ExecTarget::session`].
+pub struct Session {
+    /// Its terminal's size and, once it ended, its exit code.
+    pub handle: ExecHandle,
+    /// What it writes, as it writes it (on a terminal, one stream).
+    pub output: SessionOutput,
+    /// Its standard input (closing it ends the input).
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An engine exec, by id.
+#[derive(Debug, Clone)]
+pub struct ExecHandle {
+    client: Docker,
+    id: String,
+}
+
+impl ExecHandle {
+    /// Gives its terminal `cols` × `rows` (a failure is only logged: the
+    /// command may have ended).
+    pub async fn resize(&self, cols: u16, rows: u16) {
+        let size = bollard::exec::ResizeExecOptions {
+            height: rows,
+            width: cols,
+        };
+        if let Err(e) = self.client.resize_exec(&self.id, size).await {
+            tracing::debug!(error = %e, "exec terminal not resized");
+        }
+    }
+
+    /// Its exit code once it ended (-1 when the engine does not say).
+    pub async fn exit_code(&self) -> i32 {
+        match self.client.inspect_exec(&self.id).await {
+            Ok(inspected) => inspected
+                .exit_code
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap_or(-1),
+            Err(_) => -1,
+        }
     }
 }

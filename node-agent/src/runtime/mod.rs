@@ -68,24 +68,30 @@ pub async fn from_config(
                     None
                 }
             };
-            let memory = if namespaces {
-                crate::limits::MemoryCgroups::detect()
+            let cgroups = if namespaces {
+                crate::limits::Cgroups::detect()
             } else {
                 None
             };
-            match &memory {
+            match &cgroups {
                 // Container names carry the node: `..._<node>_<incarnation>_<run>`.
                 Some(cgroups) => {
                     cgroups.sweep(&format!("_{}_", config.name));
+                    for controller in cgroups.missing() {
+                        tracing::warn!(
+                            controller,
+                            "no cgroup controller: containers' limits of it are not enforced"
+                        );
+                    }
                 }
                 None => {
-                    tracing::warn!("no memory cgroup: containers' memory limits are not enforced")
+                    tracing::warn!("no cgroups: containers' cpu and memory limits are not enforced")
                 }
             }
             Runtime::Process {
                 namespaces,
                 fence,
-                memory,
+                cgroups,
             }
         }
         RuntimeKind::Docker => {
@@ -116,6 +122,16 @@ pub async fn from_config(
             if node_address.is_none() {
                 node_address = docker.sandbox_address.clone();
             }
+            match crate::fence::shim_program() {
+                Some(shim) if docker.sandbox_is_self => {
+                    tracing::info!(shim = %shim.display(), "the node's pods are fenced by petset-shim --namespace, which kills them at the node's lease deadline");
+                    start_namespace_fence(shim, deadlines);
+                }
+                _ => tracing::warn!(
+                    "no namespace fence (the agent needs its own container as the sandbox, and petset-shim): \
+                     a hung agent would keep its Docker pods running past its lease"
+                ),
+            }
             Runtime::Docker(Box::new(docker))
         }
     };
@@ -132,9 +148,9 @@ pub enum Runtime {
         /// The deadline each container runs under (see [`crate::fence`]);
         /// `None` when no `petset-shim` was found.
         fence: Option<Fence>,
-        /// Where containers with a memory limit get their cgroup; `None`
-        /// without root or a memory controller.
-        memory: Option<crate::limits::MemoryCgroups>,
+        /// Where containers with limits get their cgroups; `None` without
+        /// root or a cpu or memory controller.
+        cgroups: Option<crate::limits::Cgroups>,
     },
     /// Docker containers on a Docker network.
     Docker(Box<DockerRuntime>),
@@ -266,8 +282,8 @@ impl Exec {
         let (env, mut c) = match self {
             Exec::Docker(_) => {
                 return Err(ExecError(
-                    "exec through petset into a Docker-runtime container is not supported yet: \
-                     use `docker exec` on its node"
+                    "a Docker-runtime container runs commands through the engine \
+                     (docker::ExecTarget::session), not as a host process"
                         .into(),
                 ));
             }
@@ -354,8 +370,8 @@ fn namespaced_descendant(leader: u32) -> Option<u32> {
 /// A running container.
 #[derive(Debug)]
 pub enum Running {
-    /// A process group, and its memory cgroup when it has a limit.
-    Process(Child, Option<crate::limits::MemoryLimit>),
+    /// A process group, and its cgroups when it has limits.
+    Process(Child, Option<crate::limits::ContainerCgroups>),
     /// A Docker container.
     Docker(docker::Started),
 }
@@ -466,24 +482,31 @@ pub struct Launch {
     pub security: petset_core::security::Effective,
     /// Docker runtime: `uid:gid` when the security context names either.
     pub user: Option<String>,
-    /// `resources.limits.memory`, bytes.
-    pub memory_limit: Option<u64>,
+    /// `resources.limits` (memory in bytes, cpu in millicores).
+    pub limits: crate::limits::Limits,
 }
 
 /// The script run inside the new namespaces: set the hostname, bind the
 /// volumes, make the root read-only when asked (in this mount namespace
 /// only; the volumes, mounted on it, stay writable), then become the
 /// container's program (through setpriv, which sets its user, groups and
-/// capabilities) in its memory cgroup when it has one. Its arguments: the
-/// hostname, `ro` or `rw`, the cgroup's `cgroup.procs` or `-`, the number
-/// of mounts, each mount's source and target, then the command: nothing of
-/// the agent's travels in the environment, which is the container's alone.
+/// capabilities) in its cgroups when it has limits. Its arguments: the
+/// hostname, `ro` or `rw`, the number of cgroups, each one's
+/// `cgroup.procs`, the number of mounts, each mount's source and target,
+/// then the command: nothing of the agent's travels in the environment,
+/// which is the container's alone.
 const INSIDE: &str = r#"set -e
 hostname "$1"
 root=$2
-cgroup=$3
-n=$4
-shift 4
+k=$3
+shift 3
+while [ "$k" -gt 0 ]; do
+  echo $$ > "$1"
+  shift
+  k=$((k - 1))
+done
+n=$1
+shift
 while [ "$n" -gt 0 ]; do
   if [ -d "$1" ]; then mkdir -p "$2"; elif [ ! -e "$2" ]; then touch "$2"; fi
   mount --bind "$1" "$2"
@@ -491,7 +514,6 @@ while [ "$n" -gt 0 ]; do
   n=$((n - 1))
 done
 if [ "$root" = ro ]; then mount -o remount,bind,ro /; fi
-if [ "$cgroup" != - ]; then echo $$ > "$cgroup"; fi
 exec "$@"
 "#;
 
@@ -515,22 +537,24 @@ impl Launch {
         restarts: i32,
     ) -> Result<Running, StartError> {
         match runtime {
-            Runtime::Process { fence, memory, .. } => {
+            Runtime::Process { fence, cgroups, .. } => {
                 let shim = fence
                     .as_ref()
                     .map(|f| (f.shim.as_path(), *f.deadline.borrow()));
-                let limit = match (memory, self.memory_limit) {
-                    (Some(cgroups), Some(bytes)) if self.namespaces => Some(
+                let limit = match cgroups {
+                    Some(cgroups) if self.namespaces && self.limits.any() => Some(
                         cgroups
-                            .limit(&format!("{}_{restarts}", self.engine_name), bytes)
-                            .map_err(|e| {
-                                format!("cannot make the container's memory cgroup: {e}")
-                            })?,
+                            .limit(&format!("{}_{restarts}", self.engine_name), self.limits)
+                            .map_err(|e| format!("cannot make the container's cgroups: {e}"))?,
                     ),
                     _ => None,
                 };
                 let mut child = self
-                    .command(log, shim, limit.as_ref().map(|l| l.procs()))
+                    .command(
+                        log,
+                        shim,
+                        limit.as_ref().map(|l| l.procs()).unwrap_or_default(),
+                    )
                     .and_then(|mut c| c.spawn())
                     .map_err(|e| format!("cannot start {:?}: {e}", self.argv.first()))?;
                 if let (Some(fence), Some(stdin)) = (fence, child.stdin.take()) {
@@ -553,7 +577,7 @@ impl Launch {
                     mounts: &self.mounts,
                     user: self.user.clone(),
                     security: &self.security,
-                    memory_limit: self.memory_limit,
+                    limits: self.limits,
                 };
                 docker.start(&spec, log).await.map(Running::Docker)
             }
@@ -566,7 +590,7 @@ impl Launch {
         &self,
         log: &Path,
         shim: Option<(&Path, u64)>,
-        cgroup_procs: Option<PathBuf>,
+        cgroup_procs: Vec<PathBuf>,
     ) -> std::io::Result<Command> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
@@ -611,7 +635,8 @@ impl Launch {
                 } else {
                     "rw"
                 })
-                .arg(cgroup_procs.unwrap_or_else(|| PathBuf::from("-")))
+                .arg(cgroup_procs.len().to_string())
+                .args(&cgroup_procs)
                 .arg(self.mounts.len().to_string());
             for (src, dst) in &self.mounts {
                 c.arg(src).arg(dst);
@@ -646,6 +671,39 @@ impl Launch {
         }
         Ok(command)
     }
+}
+
+/// Docker runtime, the agent in the container whose pid namespace its pods
+/// join: starts `petset-shim --namespace` with the node's first deadline
+/// (its registration) and feeds it each new one (see [`crate::fence`]).
+/// The pipe closes when the agent's process ends.
+fn start_namespace_fence(shim: PathBuf, mut deadlines: watch::Receiver<u64>) {
+    tokio::spawn(async move {
+        let first = loop {
+            let now = *deadlines.borrow_and_update();
+            if now > 0 {
+                break now;
+            }
+            if deadlines.changed().await.is_err() {
+                return;
+            }
+        };
+        let started = Command::new(&shim)
+            .arg("--namespace")
+            .arg(first.to_string())
+            .stdin(Stdio::piped())
+            .spawn();
+        match started {
+            Ok(mut child) => {
+                if let Some(stdin) = child.stdin.take() {
+                    forward_deadlines(stdin, deadlines).await;
+                }
+                let status = child.wait().await;
+                tracing::error!(?status, "the namespace fence ended");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the namespace fence"),
+        }
+    });
 }
 
 /// Writes each new deadline to a container's shim until either side is
