@@ -57,6 +57,10 @@ pub struct DockerRuntime {
     /// Whether the sandbox is the agent's own container (`auto`), so that
     /// the agent shares the pid namespace its pods join.
     pub sandbox_is_self: bool,
+    /// The node's fence deadline (`CLOCK_BOOTTIME` ns), when the node's
+    /// namespace fence runs: no container starts past it, as no
+    /// process-runtime shim starts one.
+    pub deadline: Option<tokio::sync::watch::Receiver<u64>>,
     dns: Vec<String>,
     zone: String,
 }
@@ -158,6 +162,7 @@ impl DockerRuntime {
             sandbox,
             sandbox_address,
             sandbox_is_self,
+            deadline: None,
             dns,
             zone: settings.cluster_domain.clone(),
         })
@@ -203,6 +208,14 @@ impl DockerRuntime {
 
     /// Creates and starts one container; its output goes to `log`.
     pub async fn start(&self, spec: &ContainerSpec<'_>, log: &Path) -> Result<Started, StartError> {
+        if let Some(deadline) = &self.deadline
+            && crate::fence::boottime_ns() >= *deadline.borrow()
+        {
+            return Err(StartError::Failed(
+                "the node's lease deadline has passed: no container starts until it is renewed"
+                    .into(),
+            ));
+        }
         let mut labels = HashMap::from([
             (NODE_LABEL.to_string(), self.node.clone()),
             (POD_LABEL.to_string(), spec.pod.to_string()),

@@ -122,9 +122,11 @@ pub async fn from_config(
             if node_address.is_none() {
                 node_address = docker.sandbox_address.clone();
             }
+            let mut docker = docker;
             match crate::fence::shim_program() {
                 Some(shim) if docker.sandbox_is_self => {
                     tracing::info!(shim = %shim.display(), "the node's pods are fenced by petset-shim --namespace, which kills them at the node's lease deadline");
+                    docker.deadline = Some(deadlines.clone());
                     start_namespace_fence(shim, deadlines);
                 }
                 _ => tracing::warn!(
