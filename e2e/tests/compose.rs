@@ -95,26 +95,10 @@ impl NodeFault {
                 )
             }
             NodeFault::Cut => {
-                let ip = run(
-                    "docker",
-                    &[
-                        "inspect",
-                        "-f",
-                        &format!(
-                            "{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"
-                        ),
-                        container,
-                    ],
-                );
+                let ip = address_on(container, network);
                 run("docker", &["network", "disconnect", network, container]);
                 Heal(vec![command(&[
-                    "docker",
-                    "network",
-                    "connect",
-                    "--ip",
-                    ip.trim(),
-                    network,
-                    container,
+                    "docker", "network", "connect", "--ip", &ip, network, container,
                 ])])
             }
         }
@@ -130,6 +114,14 @@ fn etcd_leads(ip: &str) -> bool {
             let leader = &status["leader"];
             !leader.is_null() && *leader == status["header"]["member_id"]
         })
+}
+
+/// The address of container `container` on network `network`.
+fn address_on(container: &str, network: &str) -> String {
+    let template = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    run("docker", &["inspect", "-f", &template, container])
+        .trim()
+        .to_string()
 }
 
 /// The full id of container `id`.
@@ -635,18 +627,8 @@ fn the_seed_story_on_the_compose_stack() {
         let members: Vec<(String, String)> = (0..3)
             .map(|n| {
                 let id = project.container(&format!("etcd-{n}"));
-                let ip = run(
-                    "docker",
-                    &[
-                        "inspect",
-                        "-f",
-                        &format!(
-                            "{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"
-                        ),
-                        &id,
-                    ],
-                );
-                (id, ip.trim().to_string())
+                let ip = address_on(&id, &network);
+                (id, ip)
             })
             .collect();
         let leader = wait_until("an etcd leader", DEADLINE, || {

@@ -504,31 +504,23 @@ spec:
     );
     assert_eq!(reached.0, Some(0), "{reached:?}");
     assert!(reached.1.starts_with("You've hit open-0"), "{reached:?}");
-    let inside = exec(
-        &[
-            "open-0",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "10",
-            "http://127.0.0.1:8080/",
-        ],
-        None,
-    );
+    let own_loopback = |pod: &str| {
+        exec(
+            &[
+                pod,
+                "--",
+                "curl",
+                "-s",
+                "-m",
+                "10",
+                "http://127.0.0.1:8080/",
+            ],
+            None,
+        )
+    };
+    let inside = own_loopback("open-0");
     assert!(inside.1.starts_with("You've hit open-0"), "{inside:?}");
-    let (code, _, _) = exec(
-        &[
-            "envtest-0",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "10",
-            "http://127.0.0.1:8080/",
-        ],
-        None,
-    );
+    let (code, _, _) = own_loopback("envtest-0");
     assert_ne!(code, Some(0), "envtest-0's loopback is its own");
     // Its own process ids: the container's program is pid 1.
     let (_, pid_1, _) = exec(&["open-0", "--", "cat", "/proc/1/cmdline"], None);

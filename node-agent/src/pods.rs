@@ -243,25 +243,14 @@ pub async fn supervise(
                         break;
                     }
                     Err(status) => {
-                        reporter
-                            .report(&[ContainerState {
-                                reason: "ContainerCreating".into(),
-                                message: format!(
-                                    "attaching claim {}: {}",
-                                    claim.claim_name,
-                                    status.message()
-                                ),
-                                ..Default::default()
-                            }])
+                        let message =
+                            format!("attaching claim {}: {}", claim.claim_name, status.message());
+                        let waited = creating(&reporter, message, &mut stop)
                             .instrument(in_start(&starting))
                             .await;
-                        tokio::select! {
-                            _ = stop.changed() => {
-                                let how = *stop.borrow();
-                                finish(&ctx, &reporter, &identity, &attached, how).await;
-                                return;
-                            }
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        if let Err(how) = waited {
+                            finish(&ctx, &reporter, &identity, &attached, how).await;
+                            return;
                         }
                     }
                 }
@@ -299,21 +288,13 @@ pub async fn supervise(
                 }
                 Err(message) => {
                     tracing::warn!(pod = %format!("{ns}/{name}"), %message, "cannot make the pod's network namespace");
-                    reporter
-                        .report(&[ContainerState {
-                            reason: "ContainerCreating".into(),
-                            message: format!("FailedCreatePodSandBox: {message}"),
-                            ..Default::default()
-                        }])
+                    let message = format!("FailedCreatePodSandBox: {message}");
+                    let waited = creating(&reporter, message, &mut stop)
                         .instrument(in_start(&starting))
                         .await;
-                    tokio::select! {
-                        _ = stop.changed() => {
-                            let how = *stop.borrow();
-                            finish(&ctx, &reporter, &identity, &attached, how).await;
-                            return;
-                        }
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    if let Err(how) = waited {
+                        finish(&ctx, &reporter, &identity, &attached, how).await;
+                        return;
                     }
                 }
             }
@@ -396,6 +377,27 @@ pub async fn supervise(
     }
     finish(&ctx, &reporter, &identity, &attached, how).await;
     tracing::info!(pod = %format!("{ns}/{name}"), incarnation = pod.incarnation, ?how, "pod stopped");
+}
+
+/// Reports the pod still being created (`ContainerCreating`, `message`),
+/// then waits 2 s before the caller tries again; `Err` with how to stop
+/// when it was told to meanwhile.
+async fn creating(
+    reporter: &Reporter,
+    message: String,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Result<(), Option<Stop>> {
+    reporter
+        .report(&[ContainerState {
+            reason: "ContainerCreating".into(),
+            message,
+            ..Default::default()
+        }])
+        .await;
+    tokio::select! {
+        _ = stop.changed() => Err(*stop.borrow()),
+        _ = tokio::time::sleep(Duration::from_secs(2)) => Ok(()),
+    }
 }
 
 /// After the processes are gone: detach and release, unless fenced.
