@@ -200,6 +200,40 @@ pub fn alive(pid: &str) -> bool {
             .contains(") Z ")
 }
 
+/// Whether process `pid` will run no more of its own code: it is exiting
+/// (`PF_EXITING` in its flags), or SIGKILL is pending for it, which the
+/// kernel acts on before it returns to user space (a frozen copy its fence
+/// killed, thawed a moment ago, is such a process until it is gone).
+pub fn dying(pid: &str) -> bool {
+    let read =
+        |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    exiting(&read("stat")) || kill_pending(&read("status"))
+}
+
+/// Whether a `/proc/<pid>/stat` line has `PF_EXITING` in its flags.
+fn exiting(stat: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    // `pid (comm) state ppid pgrp session tty tpgid flags ...`: after the
+    // comm (which may hold spaces and parentheses), flags is the seventh.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0)
+}
+
+/// Whether a `/proc/<pid>/status` text has SIGKILL (signal 9) pending, for
+/// the thread or the process.
+fn kill_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & SIGKILL_BIT != 0)
+}
+
 /// Every process running `program` itself (its shim and wrappers name it
 /// among their arguments) that carries a pod: its pid, `POD_NAME` and
 /// `POD_IP` (empty when it has none), from one read of its environment.
@@ -294,7 +328,7 @@ impl Samples {
 /// kubia-pet processes of each pod: the independent witness that no
 /// identity ever runs twice. A process in a frozen cgroup (a frozen node,
 /// a paused container) is not live: the kernel runs none of it until it is
-/// thawed.
+/// thawed; nor is one that is exiting or has SIGKILL pending ([`dying`]).
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -326,7 +360,7 @@ impl Sampler {
                         continue;
                     }
                     let stopped = freezers.frozen(&pid);
-                    if !stopped && alive(&pid) {
+                    if !stopped && alive(&pid) && !dying(&pid) {
                         now.entry(pod).or_default().push(pid);
                     }
                 }
@@ -356,5 +390,26 @@ pub struct Resume(pub String);
 impl Drop for Resume {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_exiting_or_with_sigkill_pending_is_dying() {
+        // Flags 0x400104 (PF_EXITING among them), then 0x400100.
+        let stat =
+            |flags: u64| format!("27215 (kubia (pet)) D 27190 27215 27215 0 -1 {flags} 501 0 0");
+        assert!(exiting(&stat(4194564)));
+        assert!(!exiting(&stat(4194560)));
+        let status = |pending: &str| {
+            format!("Name:\tkubia-pet\nSigPnd:\t0000000000000000\nShdPnd:\t{pending}\n")
+        };
+        assert!(kill_pending(&status("0000000000000100")));
+        assert!(!kill_pending(&status("0000000000004000")));
+        // This test's own process runs on.
+        assert!(!dying(&std::process::id().to_string()));
     }
 }
