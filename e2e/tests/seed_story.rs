@@ -398,6 +398,42 @@ fn the_seed_story_with_the_real_binaries() {
         "{kubia:?}"
     );
     assert!(names("!app").is_empty());
+    // rollout restart stamps the template (kubectl's restartedAt): cache-0
+    // is replaced at a new revision; rollout undo puts the first template
+    // back, and cache-0 runs at the first revision again.
+    let cache_0 = || {
+        stack.json(&["get", "pods", "-l", "app=cache"])["items"]
+            .as_array()
+            .and_then(|items| items.first().cloned())
+    };
+    let revision_of = |pod: &Value| {
+        pod["metadata"]["labels"]["controller-revision-hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ready_at = |revision: &str, same: bool| {
+        let pod = cache_0()?;
+        let ready = pod["status"]["conditions"][0]["status"] == "True"
+            && pod["metadata"]["deletionTimestamp"].is_null();
+        (ready && (revision_of(&pod) == revision) == same).then(|| revision_of(&pod))
+    };
+    let first = revision_of(&cache_0().expect("cache-0"));
+    assert_eq!(
+        stack.petctl(&["rollout", "restart", "sts", "cache"]).trim(),
+        "statefulset.apps/cache restarted"
+    );
+    let restarted = wait_until("cache-0 replaced at a new revision", || {
+        ready_at(&first, false)
+    });
+    assert_ne!(restarted, first);
+    assert_eq!(
+        stack.petctl(&["rollout", "undo", "sts", "cache"]).trim(),
+        "statefulset.apps/cache rolled back"
+    );
+    wait_until("cache-0 back at the first revision", || {
+        ready_at(&first, true)
+    });
     stack.petctl(&["delete", "sts", "cache"]);
     wait_until("cache-0 to be gone", || {
         (!stack.pods().iter().any(|p| p.0 == "cache-0")).then_some(())

@@ -46,7 +46,7 @@ mod trace;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use petset_proto::v1;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -167,7 +167,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         address: std::net::IpAddr,
     },
-    /// Rollouts of a StatefulSet: `rollout status|history sts NAME`.
+    /// Rollouts of a StatefulSet: `rollout status|history|restart|undo sts
+    /// NAME`. restart stamps the pod template (as kubectl does, with the
+    /// `kubectl.kubernetes.io/restartedAt` annotation), so every pod is
+    /// replaced by the set's update strategy; undo puts back the template of
+    /// the revision before the newest one, or of `--to-revision`.
     Rollout {
         action: String,
         resource: String,
@@ -175,6 +179,16 @@ enum Command {
         /// status: give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// undo: the revision to go back to (default: the one before the
+        /// newest).
+        #[arg(long)]
+        to_revision: Option<i64>,
+    },
+    /// Prints a shell completion script, as `kubectl completion`:
+    /// `source <(petctl completion bash)`, or zsh.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -195,9 +209,18 @@ impl Command {
             Command::PortForward { .. } => "port-forward",
             Command::Proxy { .. } => "proxy",
             Command::Rollout { .. } => "rollout",
+            Command::Completion { .. } => "completion",
         }
     }
 }
+
+/// Writes `shell`'s completion script for petctl to `out`.
+fn completion(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "petctl", out);
+}
+
+/// The template annotation `rollout restart` stamps, as kubectl's.
+const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// Standard output failed: a closed pipe ends petctl at once and quietly
 /// (its reader has all it wanted); anything else is reported.
@@ -601,22 +624,90 @@ async fn logs(c: &Clients, request: v1::PodLogsRequest, follow: bool) -> Result<
     Ok(())
 }
 
-async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64) -> Result<()> {
+async fn rollout(
+    c: &Clients,
+    action: &str,
+    kind: &str,
+    name: &str,
+    timeout: u64,
+    to_revision: Option<i64>,
+) -> Result<()> {
     if Kind::parse(kind)? != Kind::StatefulSet {
         bail!("rollout works on statefulsets: petctl rollout {action} sts {name}");
     }
+    let revisions = || async {
+        let mut revisions = c
+            .sets()
+            .list_revisions(v1::ListRevisionsRequest {
+                namespace: c.namespace.clone(),
+                name: name.into(),
+            })
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .revisions;
+        revisions.sort_by_key(|r| r.revision);
+        anyhow::Ok(revisions)
+    };
     match action {
-        "history" => {
-            let revisions = c
+        "restart" | "undo" => {
+            // Read, change the template, write back conditionally on the
+            // version read (a concurrent change is refused, not lost).
+            let mut set = c
                 .sets()
-                .list_revisions(v1::ListRevisionsRequest {
+                .get_stateful_set(v1::GetStatefulSetRequest {
                     namespace: c.namespace.clone(),
                     name: name.into(),
                 })
                 .await
                 .map_err(explain)?
-                .into_inner()
-                .revisions;
+                .into_inner();
+            let spec = set.spec.get_or_insert_default();
+            let done = if action == "restart" {
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)?;
+                spec.template
+                    .get_or_insert_default()
+                    .metadata
+                    .get_or_insert_default()
+                    .annotations
+                    .insert(RESTARTED_AT.into(), now);
+                "restarted".to_string()
+            } else {
+                let revisions = revisions().await?;
+                let target = match to_revision {
+                    Some(n) => revisions.iter().find(|r| r.revision == n).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "statefulset {name} has no revision {n}: petctl rollout history sts {name}"
+                        )
+                    })?,
+                    None => match revisions.as_slice() {
+                        [.., previous, _] => previous,
+                        _ => bail!("statefulset {name} has no earlier revision to go back to"),
+                    },
+                };
+                if spec.template == target.template {
+                    out!(
+                        "statefulset.apps/{name} skipped rollback (current template already matches revision {})",
+                        target.revision
+                    );
+                    return Ok(());
+                }
+                spec.template = target.template.clone();
+                "rolled back".to_string()
+            };
+            set.status = None;
+            c.sets()
+                .apply_stateful_set(v1::ApplyStatefulSetRequest {
+                    stateful_set: Some(set),
+                })
+                .await
+                .map_err(explain)?;
+            out!("statefulset.apps/{name} {done}");
+            Ok(())
+        }
+        "history" => {
+            let revisions = revisions().await?;
             out!("statefulset.apps/{name}");
             out!("{:<10}NAME", "REVISION");
             for r in revisions {
@@ -651,7 +742,9 @@ async fn rollout(c: &Clients, action: &str, kind: &str, name: &str, timeout: u64
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        other => bail!("unknown rollout action {other:?}: use status or history"),
+        other => {
+            bail!("unknown rollout action {other:?}: use status, history, restart or undo")
+        }
     }
 }
 
@@ -746,7 +839,12 @@ async fn run(cli: Cli, trace: trace::Traceparent) -> Result<()> {
             resource: r,
             name,
             timeout,
-        } => rollout(&c, &action, &r, &name, timeout).await,
+            to_revision,
+        } => rollout(&c, &action, &r, &name, timeout, to_revision).await,
+        Command::Completion { shell } => {
+            completion(shell, &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
@@ -775,6 +873,18 @@ async fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_scripts_know_the_verbs() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+            let mut script = Vec::new();
+            completion(shell, &mut script);
+            let script = String::from_utf8(script).unwrap();
+            for verb in ["apply", "exec", "port-forward", "rollout", "completion"] {
+                assert!(script.contains(verb), "{shell:?} lacks {verb}");
+            }
+        }
+    }
 
     #[test]
     fn apply_says_what_kubectl_says() {
