@@ -280,10 +280,12 @@ fn env_value_from_and_var_expansion_follow_kubernetes() {
     // petctl exec runs in the pod, with its environment, and ends with the
     // command's code; the probe follows what it does to the volume.
     let exec = |args: &[&str], input: Option<&str>| exec(&petctl.server, args, input);
-    assert_eq!(
-        exec(&["envtest-0", "--", "hostname"], None),
-        (Some(0), "envtest-0\n".to_string(), String::new())
-    );
+    for pod in ["envtest-0", "kubia-0"] {
+        assert_eq!(
+            exec(&[pod, "--", "hostname"], None),
+            (Some(0), format!("{pod}\n"), String::new())
+        );
+    }
     assert_eq!(
         exec(
             &["envtest-0", "--", "sh", "-c", "echo $MY_NAME $TIER"],
