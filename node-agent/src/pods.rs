@@ -245,11 +245,11 @@ pub async fn supervise(
                     Err(status) => {
                         let message =
                             format!("attaching claim {}: {}", claim.claim_name, status.message());
-                        let waited = creating(&reporter, message, &mut stop)
-                            .instrument(in_start(&starting))
-                            .await;
-                        if let Err(how) = waited {
-                            finish(&ctx, &reporter, &identity, &attached, how).await;
+                        let go_on =
+                            creating(&ctx, &reporter, &identity, &attached, message, &mut stop)
+                                .instrument(in_start(&starting))
+                                .await;
+                        if !go_on {
                             return;
                         }
                     }
@@ -289,11 +289,10 @@ pub async fn supervise(
                 Err(message) => {
                     tracing::warn!(pod = %format!("{ns}/{name}"), %message, "cannot make the pod's network namespace");
                     let message = format!("FailedCreatePodSandBox: {message}");
-                    let waited = creating(&reporter, message, &mut stop)
+                    let go_on = creating(&ctx, &reporter, &identity, &attached, message, &mut stop)
                         .instrument(in_start(&starting))
                         .await;
-                    if let Err(how) = waited {
-                        finish(&ctx, &reporter, &identity, &attached, how).await;
+                    if !go_on {
                         return;
                     }
                 }
@@ -380,13 +379,17 @@ pub async fn supervise(
 }
 
 /// Reports the pod still being created (`ContainerCreating`, `message`),
-/// then waits 2 s before the caller tries again; `Err` with how to stop
-/// when it was told to meanwhile.
+/// then waits 2 s before the caller tries again (`true`); told to stop
+/// meanwhile, detaches the claims `attached` so far, releases the identity
+/// and answers `false`.
 async fn creating(
+    ctx: &Context,
     reporter: &Reporter,
+    identity: &v1::IdentityRef,
+    attached: &[String],
     message: String,
     stop: &mut watch::Receiver<Option<Stop>>,
-) -> Result<(), Option<Stop>> {
+) -> bool {
     reporter
         .report(&[ContainerState {
             reason: "ContainerCreating".into(),
@@ -395,8 +398,12 @@ async fn creating(
         }])
         .await;
     tokio::select! {
-        _ = stop.changed() => Err(*stop.borrow()),
-        _ = tokio::time::sleep(Duration::from_secs(2)) => Ok(()),
+        _ = stop.changed() => {
+            let how = *stop.borrow();
+            finish(ctx, reporter, identity, attached, how).await;
+            false
+        }
+        _ = tokio::time::sleep(Duration::from_secs(2)) => true,
     }
 }
 

@@ -635,6 +635,18 @@ async fn rollout(
     if Kind::parse(kind)? != Kind::StatefulSet {
         bail!("rollout works on statefulsets: petctl rollout {action} sts {name}");
     }
+    let get = || async {
+        anyhow::Ok(
+            c.sets()
+                .get_stateful_set(v1::GetStatefulSetRequest {
+                    namespace: c.namespace.clone(),
+                    name: name.into(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner(),
+        )
+    };
     let revisions = || async {
         let mut revisions = c
             .sets()
@@ -653,15 +665,7 @@ async fn rollout(
         "restart" | "undo" => {
             // Read, change the template, write back conditionally on the
             // version read (a concurrent change is refused, not lost).
-            let mut set = c
-                .sets()
-                .get_stateful_set(v1::GetStatefulSetRequest {
-                    namespace: c.namespace.clone(),
-                    name: name.into(),
-                })
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let mut set = get().await?;
             let spec = set.spec.get_or_insert_default();
             let done = if action == "restart" {
                 let now = time::OffsetDateTime::now_utc()
@@ -719,15 +723,7 @@ async fn rollout(
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
             let mut last = String::new();
             loop {
-                let set = c
-                    .sets()
-                    .get_stateful_set(v1::GetStatefulSetRequest {
-                        namespace: c.namespace.clone(),
-                        name: name.into(),
-                    })
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
+                let set = get().await?;
                 let (line, done) = output::rollout_line(&set);
                 if line != last {
                     out!("{line}");
