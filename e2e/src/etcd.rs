@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::curl;
+use crate::{curl, http};
 
 /// `POST /v3/<path>` with `body` to the member at `ip`.
 pub fn v3(ip: &str, path: &str, body: &str) -> Option<String> {
@@ -33,6 +33,13 @@ pub fn get(ip: &str, key: &str) -> Option<String> {
         serde_json::from_str(&v3(ip, "kv/range", &body.to_string())?).ok()?;
     let value = STANDARD.decode(answer["kvs"][0]["value"].as_str()?).ok()?;
     String::from_utf8(value).ok()
+}
+
+/// Whether the member serving clients at `client` (`host:port`) answers
+/// and leads its cluster (its `etcd_server_is_leader` gauge).
+pub fn leads(client: &str) -> bool {
+    let (code, page) = http(&[&format!("http://{client}/metrics")]);
+    code == 200 && page.lines().any(|l| l == "etcd_server_is_leader 1")
 }
 
 /// How many members the member at `ip` knows, and whether it says it is

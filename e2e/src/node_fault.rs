@@ -10,23 +10,40 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid host).
-pub fn cgroup2_mount() -> Option<PathBuf> {
+/// Where a cgroup hierarchy is mounted: v1's that holds `v1_controller`,
+/// or with `None` the v2 one (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid host).
+pub fn cgroup_mount(v1_controller: Option<&str>) -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, at, kind) = (fields.next()?, fields.next()?, fields.next()?);
-        (kind == "cgroup2").then(|| PathBuf::from(at))
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, at, kind, options, ..] = fields[..] else {
+            return None;
+        };
+        let fits = match v1_controller {
+            Some(c) => kind == "cgroup" && options.split(',').any(|o| o == c),
+            None => kind == "cgroup2",
+        };
+        fits.then(|| PathBuf::from(at))
+    })
+}
+
+/// The entries of a `/proc/<pid>/cgroup` text: each hierarchy's
+/// controllers (empty for v2) and the path under its mount.
+pub fn cgroup_entries(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        Some((parts.next()?, parts.next()?))
     })
 }
 
 /// The cgroup (v2) of process `pid`, as a path under the mount.
 pub fn cgroup_of(pid: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    cgroup_entries(&text)
+        .find(|(controllers, _)| controllers.is_empty())
+        .map(|(_, path)| path.to_string())
 }
 
 /// Whether the cgroup at `path` (under `mount`) is frozen: every process in
@@ -51,22 +68,10 @@ pub struct Freezers {
 impl Freezers {
     /// Where they are mounted.
     pub fn find() -> Freezers {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut found = Freezers::default();
-        for line in mounts.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [_, at, kind, options, ..] = fields[..] else {
-                continue;
-            };
-            match kind {
-                "cgroup2" => found.v2 = Some(PathBuf::from(at)),
-                "cgroup" if options.split(',').any(|o| o == "freezer") => {
-                    found.v1 = Some(PathBuf::from(at))
-                }
-                _ => {}
-            }
+        Freezers {
+            v2: cgroup_mount(None),
+            v1: cgroup_mount(Some("freezer")),
         }
-        found
     }
 
     /// Whether process `pid` is frozen by either.
@@ -74,13 +79,7 @@ impl Freezers {
         let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
             return false;
         };
-        cgroups.lines().any(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(path)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return false;
-            };
+        cgroup_entries(&cgroups).any(|(controllers, path)| {
             if controllers.is_empty() {
                 self.v2.as_deref().is_some_and(|m| frozen(m, path))
             } else if controllers.split(',').any(|c| c == "freezer") {
@@ -109,7 +108,7 @@ pub struct NodeCgroups {
 impl NodeCgroups {
     /// Makes the folder; panics when the host has no cgroup v2 hierarchy.
     pub fn create() -> NodeCgroups {
-        let mount = cgroup2_mount().expect("a cgroup v2 hierarchy is mounted");
+        let mount = cgroup_mount(None).expect("a cgroup v2 hierarchy is mounted");
         let name = format!("petset-chaos-{}", std::process::id());
         std::fs::create_dir_all(mount.join(&name)).expect("a cgroup of our own");
         NodeCgroups { mount, name }

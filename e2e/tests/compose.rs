@@ -78,10 +78,7 @@ impl NodeFault {
             }
             NodeFault::Paused => {
                 let mut all = vec![container.to_string()];
-                all.extend(containers(&[format!(
-                    "petset.io/sandbox={}",
-                    full_id(container)
-                )]));
+                all.extend(containers(&[format!("petset.io/sandbox={container}")]));
                 for c in &all {
                     // A pod container may have ended meanwhile.
                     let _ = Command::new("docker").args(["pause", c]).status();
@@ -105,28 +102,10 @@ impl NodeFault {
     }
 }
 
-/// Whether the etcd member at `ip` leads its cluster (its status through
-/// the JSON gateway).
-fn etcd_leads(ip: &str) -> bool {
-    petset_e2e::etcd::v3(ip, "maintenance/status", "{}")
-        .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
-        .is_some_and(|status| {
-            let leader = &status["leader"];
-            !leader.is_null() && *leader == status["header"]["member_id"]
-        })
-}
-
 /// The address of container `container` on network `network`.
 fn address_on(container: &str, network: &str) -> String {
     let template = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
     run("docker", &["inspect", "-f", &template, container])
-        .trim()
-        .to_string()
-}
-
-/// The full id of container `id`.
-fn full_id(id: &str) -> String {
-    run("docker", &["inspect", "-f", "{{.Id}}", id])
         .trim()
         .to_string()
 }
@@ -632,7 +611,9 @@ fn the_seed_story_on_the_compose_stack() {
             })
             .collect();
         let leader = wait_until("an etcd leader", DEADLINE, || {
-            members.iter().position(|(_, ip)| etcd_leads(ip))
+            members
+                .iter()
+                .position(|(_, ip)| petset_e2e::etcd::leads(&format!("{ip}:2379")))
         });
         let victim = (leader + 1 + trial % 2) % 3;
         let member = format!("etcd-{victim}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use petset_e2e::chaos::{Chaos, DEADLINE, Outcome, cmdline, report, restarted, run_kill, trials};
 use petset_e2e::local::{Sampler, processes};
-use petset_e2e::{http, wait_until};
+use petset_e2e::wait_until;
 
 /// Node leases: the README's default, so that an etcd election (1-2 s
 /// with etcd's defaults, more on a loaded machine) fits well inside the
@@ -34,8 +34,7 @@ fn member(chaos: &Chaos, n: u16) -> String {
 
 /// Whether member n answers and leads.
 fn leads(chaos: &Chaos, n: u16) -> bool {
-    let (code, page) = http(&[&format!("http://{}/metrics", member(chaos, n))]);
-    code == 200 && page.lines().any(|l| l == "etcd_server_is_leader 1")
+    petset_e2e::etcd::leads(&member(chaos, n))
 }
 
 /// Whether member n answers its health check (it has a leader, and quorum).

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use petset_e2e::local::LocalStack;
+use petset_e2e::node_fault::{cgroup_entries, cgroup_mount};
 use petset_e2e::{Petctl, binary, wait_until};
 
 const SET: &str = r#"
@@ -170,26 +171,10 @@ fn log_lines(petctl: &Petctl, pod: &str, lines: usize) -> Vec<String> {
 /// `cgroups` (a process's `/proc/<pid>/cgroup`), read on this host: v1's
 /// cpu hierarchy, else v2's `cpu.max`.
 fn cpu_quota(cgroups: &str) -> Option<(u64, u64)> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let mount_of = |v1_controller: Option<&str>| {
-        mounts.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [_, at, kind, options, ..] = fields[..] else {
-                return None;
-            };
-            let fits = match v1_controller {
-                Some(c) => kind == "cgroup" && options.split(',').any(|o| o == c),
-                None => kind == "cgroup2",
-            };
-            fits.then(|| std::path::PathBuf::from(at))
-        })
-    };
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    for (controllers, path) in cgroup_entries(cgroups) {
         let path = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "cpu") {
-            let dir = mount_of(Some("cpu"))?.join(path);
+            let dir = cgroup_mount(Some("cpu"))?.join(path);
             let read = |f: &str| -> Option<u64> {
                 std::fs::read_to_string(dir.join(f))
                     .ok()?
@@ -200,7 +185,7 @@ fn cpu_quota(cgroups: &str) -> Option<(u64, u64)> {
             return Some((read("cpu.cfs_quota_us")?, read("cpu.cfs_period_us")?));
         }
         if controllers.is_empty() {
-            let max = std::fs::read_to_string(mount_of(None)?.join(path).join("cpu.max"));
+            let max = std::fs::read_to_string(cgroup_mount(None)?.join(path).join("cpu.max"));
             if let Some((quota, period)) =
                 max.ok().as_deref().and_then(|m| m.trim().split_once(' '))
             {

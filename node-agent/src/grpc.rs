@@ -122,12 +122,8 @@ impl NodeAgent for LogsApi {
                 })?;
         if let crate::runtime::Exec::Docker(docker) = &target {
             tracing::info!(%pod, %container, command = ?start.command, tty = start.tty, "exec (engine)");
-            let size = start.size.as_ref().map(|s| {
-                let fit = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
-                (fit(s.cols), fit(s.rows))
-            });
             let session = docker
-                .session(&start.command, start.stdin, start.tty, size)
+                .session(&start.command, start.stdin, start.tty, start.size.as_ref())
                 .await
                 .map_err(|e| {
                     Status::failed_precondition(format!(
@@ -440,9 +436,6 @@ async fn feed_terminal(
     }
 }
 
-/// Writes what the client sends on `input` (each message's bytes, and
-/// whether it is the last) to `to` until the client ends or says so; then
-/// shuts `to` for writing, so its reader sees the end.
 /// A Docker-runtime exec's input: the client's bytes and terminal sizes;
 /// the end of its input closes the command's (on a terminal, Ctrl-D).
 async fn feed_engine(
@@ -454,8 +447,7 @@ async fn feed_engine(
 ) {
     while let Ok(Some(m)) = input.message().await {
         if let Some(size) = &m.resize {
-            let fit = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
-            handle.resize(fit(size.cols), fit(size.rows)).await;
+            handle.resize(size).await;
         }
         if !stdin {
             continue;
@@ -499,7 +491,12 @@ async fn relay_engine(
             return;
         }
     }
-    let code = handle.exit_code().await;
+    let code = handle
+        .exit_code()
+        .await
+        .ok()
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(-1);
     let _ = tx
         .send(Ok(v1::ExecResponse {
             exit_code: Some(code),
@@ -508,6 +505,9 @@ async fn relay_engine(
         .await;
 }
 
+/// Writes what the client sends on `input` (each message's bytes, and
+/// whether it is the last) to `to` until the client ends or says so; then
+/// shuts `to` for writing, so its reader sees the end.
 async fn feed<T>(
     mut input: Streaming<T>,
     mut to: impl tokio::io::AsyncWrite + Unpin,

@@ -199,7 +199,8 @@ async fn set_up_bridge(
         setting: "pod-network",
         reason,
     };
-    if config.runtime != RuntimeKind::Process || !namespaces {
+    // Namespaces are only ever made by the process runtime.
+    if !namespaces {
         return Err(bad(
             "bridge needs the process runtime with namespaces (root); use --pod-network host"
                 .into(),

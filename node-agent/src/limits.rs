@@ -241,18 +241,13 @@ impl Drop for ContainerCgroups {
         }
         std::thread::spawn(move || {
             for dir in dirs {
-                let mut removed = false;
-                for _ in 0..100 {
-                    match std::fs::remove_dir(&dir) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            std::thread::sleep(std::time::Duration::from_millis(100))
-                        }
-                        _ => {
-                            removed = true;
-                            break;
-                        }
+                let removed = (0..100).any(|_| match std::fs::remove_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        false
                     }
-                }
+                    _ => true,
+                });
                 if !removed {
                     tracing::warn!(cgroup = %dir.display(), "a container's cgroup is still busy; left");
                 }

@@ -41,7 +41,7 @@ pub struct Bridge {
 
 /// One pod's network namespace and veth pair; [`Sandbox::remove`] takes
 /// them down.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Sandbox {
     name: String,
     veth: String,
@@ -59,16 +59,11 @@ impl Bridge {
             ));
         }
         let bridge = Bridge {
-            name: format!("psbr{:08x}", u32::from(subnet.network())),
+            name: bridge_name(subnet),
             subnet,
             gateway,
         };
-        let exists = Command::new("ip")
-            .args(["link", "show", "dev", &bridge.name])
-            .output()
-            .await
-            .is_ok_and(|o| o.status.success());
-        if !exists {
+        if !succeeds("ip", &["link", "show", "dev", &bridge.name]).await {
             ip(&["link", "add", &bridge.name, "type", "bridge"]).await?;
         }
         let address = format!("{gateway}/{}", subnet.prefix_len());
@@ -79,13 +74,7 @@ impl Bridge {
             .map_err(|e| format!("cannot turn on IPv4 forwarding: {e}"))?;
         for direction in ["-i", "-o"] {
             let rule = ["FORWARD", direction, bridge.name.as_str(), "-j", "ACCEPT"];
-            let present = Command::new("iptables")
-                .arg("-C")
-                .args(rule)
-                .output()
-                .await
-                .is_ok_and(|o| o.status.success());
-            if !present {
+            if !succeeds("iptables", &[&["-C"], &rule[..]].concat()).await {
                 run("iptables", &[&["-I"], &rule[..]].concat(), None).await?;
             }
         }
@@ -128,8 +117,8 @@ impl Bridge {
     pub async fn sandbox(&self, address: Ipv4Addr) -> Result<Sandbox, String> {
         let sandbox = Sandbox::of(address);
         // One left by a pod whose task did not finish cleanly.
-        if PathBuf::from(NETNS_DIR).join(&sandbox.name).exists() {
-            sandbox.clone().remove().await;
+        if sandbox.path().exists() {
+            sandbox.remove().await;
         }
         let made = async {
             ip(&["netns", "add", &sandbox.name]).await?;
@@ -183,12 +172,28 @@ impl Sandbox {
 
     /// Takes the veth pair and the namespace down (the pod's processes are
     /// gone; a namespace a process still holds goes with its last one).
-    pub async fn remove(self) {
+    pub async fn remove(&self) {
         let _ = ip(&["link", "del", &self.veth]).await;
         if let Err(e) = ip(&["netns", "del", &self.name]).await {
             tracing::warn!(netns = %self.name, error = %e, "a pod network namespace was not removed");
         }
     }
+}
+
+/// The bridge's interface name for `subnet`: `psbr` and the subnet's
+/// address in hex (12 characters, within the kernel's 15).
+fn bridge_name(subnet: Ipv4Net) -> String {
+    format!("psbr{:08x}", u32::from(subnet.network()))
+}
+
+/// Whether `program args` runs and succeeds (a question asked of the
+/// host: does this link or rule exist).
+async fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success())
 }
 
 async fn ip(args: &[&str]) -> Result<(), String> {
@@ -245,8 +250,8 @@ mod tests {
         // IFNAMSIZ: 15 characters and the NUL.
         assert!(s.veth.len() <= 15);
         assert_eq!(
-            format!("psbr{:08x}", u32::from(Ipv4Addr::new(10, 244, 1, 0))).len(),
-            12
+            bridge_name("10.244.1.0/24".parse().unwrap()),
+            "psbr0af40100"
         );
     }
 

@@ -48,12 +48,20 @@ impl Pty {
 
     /// Sets the terminal's size.
     pub fn resize(master: &OwnedFd, size: &v1::TerminalSize) {
+        let (cols, rows) = cells(size);
         let size = rustix::termios::Winsize {
-            ws_row: size.rows.min(u16::MAX as u32) as u16,
-            ws_col: size.cols.min(u16::MAX as u32) as u16,
+            ws_row: rows,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
         let _ = rustix::termios::tcsetwinsize(master.as_fd(), size);
     }
+}
+
+/// A client's terminal size as a terminal takes it: columns and rows, each
+/// at most `u16::MAX`.
+pub fn cells(size: &v1::TerminalSize) -> (u16, u16) {
+    let fit = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    (fit(size.cols), fit(size.rows))
 }

@@ -676,7 +676,7 @@ async fn rollout(
                     .get_or_insert_default()
                     .annotations
                     .insert(RESTARTED_AT.into(), now);
-                "restarted".to_string()
+                "restarted"
             } else {
                 let revisions = revisions().await?;
                 let target = match to_revision {
@@ -698,7 +698,7 @@ async fn rollout(
                     return Ok(());
                 }
                 spec.template = target.template.clone();
-                "rolled back".to_string()
+                "rolled back"
             };
             set.status = None;
             c.sets()

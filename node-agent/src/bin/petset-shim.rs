@@ -67,8 +67,8 @@ fn usage() -> ! {
 /// agent (the shim's parent) and the shim is killed; when the agent's pipe
 /// closes, once more, then the shim exits. See `node_agent::fence`.
 fn namespace_fence(mut deadline: u64) -> ! {
-    // kill(-1) reaches every process of the caller's pid namespace: never
-    // the host's own.
+    // kill_namespace signals every process /proc lists, which in the host's
+    // pid namespace is every process of the machine.
     if node_agent::fence::in_initial_pid_namespace() {
         eprintln!(
             "petset-shim: --namespace refused in the host's pid namespace (it would kill every process)"

@@ -487,27 +487,9 @@ pub struct ExecTarget {
 impl ExecTarget {
     /// Runs `command` in the container; answers its exit code.
     pub async fn run(&self, command: &[String]) -> Result<i64, ExecError> {
-        let create = bollard::exec::CreateExecOptions {
-            cmd: Some(command.to_vec()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let failed = |e: bollard::errors::Error| ExecError(e.to_string());
-        let exec = self
-            .client
-            .create_exec(&self.id, create)
-            .await
-            .map_err(failed)?
-            .id;
-        match self.client.start_exec(&exec, None).await.map_err(failed)? {
-            bollard::exec::StartExecResults::Attached { mut output, .. } => {
-                while output.next().await.is_some() {}
-            }
-            bollard::exec::StartExecResults::Detached => {}
-        }
-        let inspected = self.client.inspect_exec(&exec).await.map_err(failed)?;
-        Ok(inspected.exit_code.unwrap_or(-1))
+        let mut session = self.session(command, false, false, None).await?;
+        while session.output.next().await.is_some() {}
+        session.handle.exit_code().await
     }
 
     /// Starts `command` in the container as `docker exec` does (the
@@ -518,7 +500,7 @@ impl ExecTarget {
         command: &[String],
         stdin: bool,
         tty: bool,
-        size: Option<(u16, u16)>,
+        size: Option<&petset_proto::v1::TerminalSize>,
     ) -> Result<Session, ExecError> {
         let failed = |e: bollard::errors::Error| ExecError(e.to_string());
         let create = bollard::exec::CreateExecOptions {
@@ -554,8 +536,8 @@ impl ExecTarget {
             client: self.client.clone(),
             id,
         };
-        if let Some((cols, rows)) = size {
-            handle.resize(cols, rows).await;
+        if let Some(size) = size {
+            handle.resize(size).await;
         }
         Ok(Session {
             handle,
@@ -599,9 +581,10 @@ pub struct ExecHandle {
 }
 
 impl ExecHandle {
-    /// Gives its terminal `cols` × `rows` (a failure is only logged: the
-    /// command may have ended).
-    pub async fn resize(&self, cols: u16, rows: u16) {
+    /// Gives its terminal the client's size (a failure is only logged:
+    /// the command may have ended).
+    pub async fn resize(&self, size: &petset_proto::v1::TerminalSize) {
+        let (cols, rows) = crate::terminal::cells(size);
         let size = bollard::exec::ResizeExecOptions {
             height: rows,
             width: cols,
@@ -612,13 +595,12 @@ impl ExecHandle {
     }
 
     /// Its exit code once it ended (-1 when the engine does not say).
-    pub async fn exit_code(&self) -> i32 {
-        match self.client.inspect_exec(&self.id).await {
-            Ok(inspected) => inspected
-                .exit_code
-                .and_then(|c| i32::try_from(c).ok())
-                .unwrap_or(-1),
-            Err(_) => -1,
-        }
+    pub async fn exit_code(&self) -> Result<i64, ExecError> {
+        let inspected = self
+            .client
+            .inspect_exec(&self.id)
+            .await
+            .map_err(|e| ExecError(e.to_string()))?;
+        Ok(inspected.exit_code.unwrap_or(-1))
     }
 }

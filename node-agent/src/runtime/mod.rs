@@ -101,7 +101,7 @@ pub async fn from_config(
                 pod_dns: config.pod_dns.clone(),
                 cluster_domain: config.cluster_domain.clone(),
             };
-            let docker = docker::DockerRuntime::connect(&config.name, &settings)
+            let mut docker = docker::DockerRuntime::connect(&config.name, &settings)
                 .await
                 .map_err(|reason| ServeError::Config {
                     setting: "runtime",
@@ -122,7 +122,6 @@ pub async fn from_config(
             if node_address.is_none() {
                 node_address = docker.sandbox_address.clone();
             }
-            let mut docker = docker;
             match crate::fence::shim_program() {
                 Some(shim) if docker.sandbox_is_self => {
                     tracing::info!(shim = %shim.display(), "the node's pods are fenced by petset-shim --namespace, which kills them at the node's lease deadline");
@@ -681,14 +680,8 @@ impl Launch {
 /// The pipe closes when the agent's process ends.
 fn start_namespace_fence(shim: PathBuf, mut deadlines: watch::Receiver<u64>) {
     tokio::spawn(async move {
-        let first = loop {
-            let now = *deadlines.borrow_and_update();
-            if now > 0 {
-                break now;
-            }
-            if deadlines.changed().await.is_err() {
-                return;
-            }
+        let Ok(first) = deadlines.wait_for(|d| *d > 0).await.map(|d| *d) else {
+            return;
         };
         let started = Command::new(&shim)
             .arg("--namespace")
