@@ -1,11 +1,10 @@
 //! The store layer against a real etcd: transactions, leases, and mirrors
 //! that follow etcd through disconnects and compaction.
 
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use petset_core::error::Error;
-use petset_core::store::mirror::{Mirror, Resume, Snapshot, follow};
+use petset_core::store::mirror::{Mirror, Resume, follow};
 use petset_core::store::{Compare, CompareOp, PutOptions, Store, Txn, TxnOp};
 use petset_core::testing::{self, Etcd, wait_for};
 
@@ -183,21 +182,55 @@ async fn a_watch_from_a_compacted_revision_says_so_and_the_mirror_relists() {
     }
     store.client().compact(newest, None).await.unwrap();
     // Resuming from a revision compacted away is reported, not papered over.
-    let snapshot = Arc::new(RwLock::new(Snapshot::default()));
-    let (changed, _keep) = tokio::sync::watch::channel(0);
-    let resumed = follow(
-        &store,
-        &prefix,
-        old + 1,
-        &Arc::downgrade(&snapshot),
-        &changed,
-    )
-    .await
-    .unwrap();
+    let (updates, _keep) = tokio::sync::mpsc::channel(8);
+    let resumed = follow(&store, &prefix, old + 1, &updates).await.unwrap();
     assert_eq!(resumed, Resume::Compacted);
     // A mirror started now lists and follows from the compacted store.
     let mirror = Mirror::spawn(&store, prefix.clone());
     let later = put(&store, &format!("{prefix}late"), "y").await;
     mirror.wait_for_revision(later).await;
     assert_eq!(mirror.read().entries.len(), 7);
+}
+
+#[tokio::test]
+async fn a_range_larger_than_one_message_is_read_whole_at_one_revision() {
+    let store = Store::connect(&testing::shared().store_config("large-range"))
+        .await
+        .unwrap();
+    // 600 keys of 12 KiB: 7 MiB in all, past the client's 4 MiB message
+    // limit, and more keys than one page; one key of 1 MiB on top, so
+    // that a page of 256 such keys could not be one message either.
+    let value = "v".repeat(12 << 10);
+    for chunk in (0..600).collect::<Vec<_>>().chunks(50) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                TxnOp::put(
+                    store.key(&["big", &format!("{i:04}")]),
+                    serde_json::to_vec(&value).unwrap(),
+                    None,
+                )
+            })
+            .collect();
+        store.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    put(&store, &store.key(&["big", "huge"]), &"h".repeat(1 << 20)).await;
+    // Outside the prefix: not read.
+    put(&store, &store.key(&["bigger"]), "x").await;
+    let before = put(&store, &store.key(&["big", "zz-last"]), "last").await;
+    let (kvs, revision) = store.list_raw(&store.prefix(&["big"])).await.unwrap();
+    assert_eq!(kvs.len(), 602);
+    assert!(revision >= before);
+    let keys: Vec<String> = kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "every key once, in order");
+    assert_eq!(keys[0], store.key(&["big", "0000"]));
+    assert_eq!(keys[601], store.key(&["big", "zz-last"]));
+    let total: usize = kvs.iter().map(|kv| kv.value().len()).sum();
+    assert!(total > 4 << 20, "read {total} bytes, not past one message");
 }

@@ -1,16 +1,21 @@
-//! A local copy of one key range, kept in step with etcd by a watch.
+//! A local copy of one key range, kept in step with etcd by a watch, and
+//! the reflector under it that passes the range's changes on in order.
 //!
 //! # Expected flow
-//! 1. List the range and remember the revision the list saw.
-//! 2. Watch from that revision + 1, applying every put and delete.
+//! 1. List the range (in pages, at one revision) and remember the
+//!    revision the list saw.
+//! 2. Watch from that revision + 1, passing on every put and delete.
 //! 3. When the watch stream breaks (etcd restarted, network cut), watch
-//!    again from the last revision applied + 1: nothing is missed.
+//!    again from the last revision passed on + 1: nothing is missed.
 //! 4. When etcd answers that this revision is compacted away, go back to 1:
 //!    the events in between are gone, so only a fresh list is correct.
 //!
 //! # Guarantees
-//! - Readers see a whole revision or nothing of it: each watch response is
-//!   applied under one write lock.
+//! - [`reflect`] passes on a whole watch response or nothing of it, in
+//!   revision order; an [`Update::Listed`] replaces everything before it
+//!   (kube-runtime's watcher: Init, then events).
+//! - Readers of a [`Mirror`] see a whole revision or nothing of it: each
+//!   update is applied under one write lock.
 //! - [`Mirror::changed`] fires after each applied change, so a reader can
 //!   wait for "at least revision N" without polling.
 
@@ -19,8 +24,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{EventType, WatchOptions};
-use tokio::sync::watch;
+use etcd_client::{Event, EventType, KeyValue, WatchOptions};
+use tokio::sync::{mpsc, watch};
 
 use super::{Store, etcd_error};
 use crate::error::Result;
@@ -58,9 +63,9 @@ impl Mirror {
         let prefix = prefix.into();
         let snapshot = Arc::new(RwLock::new(Snapshot::default()));
         let (changed_tx, changed) = watch::channel(0);
-        tokio::spawn(run(
-            store.clone(),
+        tokio::spawn(mirror(
             prefix.clone(),
+            reflect(store, prefix.clone()),
             Arc::downgrade(&snapshot),
             changed_tx,
         ));
@@ -96,38 +101,75 @@ impl Mirror {
     }
 }
 
-async fn run(
-    store: Store,
-    prefix: String,
-    snapshot: Weak<RwLock<Snapshot>>,
-    changed: watch::Sender<i64>,
-) {
+/// What a reflector passes on, in order.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// Every key under the prefix at `revision`: the first list, and a list
+    /// again after a compaction. It replaces everything passed on before.
+    Listed {
+        /// The keys and values.
+        kvs: Vec<KeyValue>,
+        /// The revision the list read.
+        revision: i64,
+    },
+    /// One watch response: its puts and deletes, in order.
+    Changed {
+        /// The events.
+        events: Vec<Event>,
+        /// The revision of the last of them.
+        revision: i64,
+    },
+    /// Every change up to `revision` has been passed on (a progress
+    /// notification).
+    Progress(i64),
+}
+
+impl Update {
+    /// The revision the receiver is at once it applied this update.
+    pub fn revision(&self) -> i64 {
+        match self {
+            Update::Listed { revision, .. } | Update::Changed { revision, .. } => *revision,
+            Update::Progress(revision) => *revision,
+        }
+    }
+}
+
+/// Lists and watches every key under `prefix`, passing each change on in
+/// order (see the module's flow) until the receiver is dropped.
+pub fn reflect(store: &Store, prefix: impl Into<String>) -> mpsc::Receiver<Update> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(run(store.clone(), prefix.into(), tx));
+    rx
+}
+
+async fn run(store: Store, prefix: String, updates: mpsc::Sender<Update>) {
     let mut backoff = Backoff::default();
     let mut resume_from: Option<i64> = None;
     loop {
-        let Some(shared) = snapshot.upgrade() else {
-            return;
-        };
         let from = match resume_from {
             Some(from) => from,
-            None => match list(&store, &prefix).await {
-                Ok(fresh) => {
-                    let revision = fresh.revision;
-                    *shared.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-                    let _ = changed.send(revision);
+            None => match store.list_raw(&prefix).await {
+                Ok((kvs, revision)) => {
+                    if updates
+                        .send(Update::Listed { kvs, revision })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                     backoff.reset();
                     revision + 1
                 }
                 Err(error) => {
                     tracing::warn!(%prefix, %error, "listing for the mirror failed; retrying");
-                    drop(shared);
-                    backoff.wait().await;
-                    continue;
+                    tokio::select! {
+                        () = backoff.wait() => continue,
+                        () = updates.closed() => return,
+                    }
                 }
             },
         };
-        drop(shared);
-        match follow(&store, &prefix, from, &snapshot, &changed).await {
+        match follow(&store, &prefix, from, &updates).await {
             Ok(Resume::From(next)) => {
                 if next == from {
                     backoff.wait().await;
@@ -146,34 +188,19 @@ async fn run(
                 backoff.wait().await;
             }
         }
-        if changed.is_closed() {
+        if updates.is_closed() {
             return;
         }
     }
 }
 
-async fn list(store: &Store, prefix: &str) -> Result<Snapshot> {
-    let (kvs, revision) = store.list_raw(prefix).await?;
-    let entries = kvs
-        .iter()
-        .map(|kv| (strip(prefix, kv.key()), Bytes::copy_from_slice(kv.value())))
-        .collect();
-    Ok(Snapshot { revision, entries })
-}
-
-fn strip(prefix: &str, key: &[u8]) -> String {
-    let key = String::from_utf8_lossy(key);
-    key.strip_prefix(prefix).unwrap_or(&key).to_string()
-}
-
-/// Watches `prefix` from revision `from`, applying what arrives, until the
-/// stream ends; answers where to resume.
+/// Watches `prefix` from revision `from`, passing on what arrives, until
+/// the stream ends or the receiver is gone; answers where to resume.
 pub async fn follow(
     store: &Store,
     prefix: &str,
     from: i64,
-    snapshot: &Weak<RwLock<Snapshot>>,
-    changed: &watch::Sender<i64>,
+    updates: &mpsc::Sender<Update>,
 ) -> Result<Resume> {
     let options = WatchOptions::new()
         .with_prefix()
@@ -188,8 +215,7 @@ pub async fn follow(
     loop {
         let message = tokio::select! {
             message = stream.message() => message,
-            // Every reader is gone: stop watching.
-            () = changed.closed() => return Ok(Resume::From(next)),
+            () = updates.closed() => return Ok(Resume::From(next)),
         };
         let response = match message {
             Ok(Some(response)) => response,
@@ -205,39 +231,88 @@ pub async fn follow(
         if response.canceled() {
             return Ok(Resume::From(next));
         }
-        let Some(shared) = snapshot.upgrade() else {
-            return Ok(Resume::From(next));
-        };
-        if let Some(last) = response.events().last().and_then(|e| e.kv()) {
-            let mut guard = shared.write().unwrap_or_else(|p| p.into_inner());
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let key = strip(prefix, kv.key());
-                match event.event_type() {
-                    EventType::Put => {
-                        guard
-                            .entries
-                            .insert(key, Bytes::copy_from_slice(kv.value()));
-                    }
-                    EventType::Delete => {
-                        guard.entries.remove(&key);
-                    }
-                }
-            }
+        let update = if let Some(last) = response.events().last().and_then(|e| e.kv()) {
             next = last.mod_revision() + 1;
-            guard.revision = last.mod_revision();
-        } else if !response.created() {
+            Update::Changed {
+                revision: last.mod_revision(),
+                events: response.events().to_vec(),
+            }
+        } else if !response.created()
+            && let Some(revision) = response.header().map(|h| h.revision())
+        {
             // A progress notification: every event up to the header's
             // revision has been sent.
-            if let Some(revision) = response.header().map(|h| h.revision()) {
-                next = next.max(revision + 1);
-                let mut guard = shared.write().unwrap_or_else(|p| p.into_inner());
-                guard.revision = guard.revision.max(revision);
-            }
+            next = next.max(revision + 1);
+            Update::Progress(next - 1)
+        } else {
+            continue;
+        };
+        if updates.send(update).await.is_err() {
+            return Ok(Resume::From(next));
         }
-        let revision = next - 1;
+    }
+}
+
+impl Snapshot {
+    /// Applies one update from [`reflect`] for the range `prefix`.
+    fn apply(&mut self, prefix: &str, update: Update) {
+        match update {
+            Update::Listed { kvs, revision } => {
+                self.entries = kvs
+                    .iter()
+                    .map(|kv| (strip(prefix, kv.key()), Bytes::copy_from_slice(kv.value())))
+                    .collect();
+                self.revision = revision;
+            }
+            Update::Changed { events, revision } => {
+                for event in &events {
+                    let Some(kv) = event.kv() else { continue };
+                    let key = strip(prefix, kv.key());
+                    match event.event_type() {
+                        EventType::Put => {
+                            self.entries.insert(key, Bytes::copy_from_slice(kv.value()));
+                        }
+                        EventType::Delete => {
+                            self.entries.remove(&key);
+                        }
+                    }
+                }
+                self.revision = revision;
+            }
+            Update::Progress(revision) => self.revision = self.revision.max(revision),
+        }
+    }
+}
+
+/// Applies `updates` to the mirror's copy until every reader is gone.
+async fn mirror(
+    prefix: String,
+    mut updates: mpsc::Receiver<Update>,
+    snapshot: Weak<RwLock<Snapshot>>,
+    changed: watch::Sender<i64>,
+) {
+    loop {
+        let update = tokio::select! {
+            update = updates.recv() => update,
+            () = changed.closed() => return,
+        };
+        let (Some(update), Some(shared)) = (update, snapshot.upgrade()) else {
+            return;
+        };
+        let revision = update.revision();
+        shared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&prefix, update);
+        drop(shared);
         let _ = changed.send(revision);
     }
+}
+
+/// A key with the mirrored prefix removed.
+pub fn strip(prefix: &str, key: &[u8]) -> String {
+    let key = String::from_utf8_lossy(key);
+    key.strip_prefix(prefix).unwrap_or(&key).to_string()
 }
 
 /// Exponential back-off between retries: 100 ms doubling to 5 s.

@@ -174,19 +174,60 @@ impl Store {
 
     /// Reads every key under `prefix` undecoded, with the store revision
     /// the read saw.
+    ///
+    /// The range is read in pages of at most [`PAGE`] keys, all at the
+    /// revision of the first, so that the whole is one consistent read
+    /// however large it is: one answer is bounded by the client's 4 MiB
+    /// message limit, a range is not. A page refused as out of range (too
+    /// large for one message, or its revision compacted meanwhile) is asked
+    /// again half as large; refused at one key, the read starts over at the
+    /// newest revision.
     pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let mut response = timed("range", || {
-            let mut client = self.client.clone();
-            async move {
-                client
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
+        let end = range_end(prefix.as_bytes());
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut revision = 0;
+        let mut limit = PAGE;
+        loop {
+            let from = match kvs.last() {
+                Some(last) => [last.key(), b"\0"].concat(),
+                None => prefix.as_bytes().to_vec(),
+            };
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(limit)
+                .with_revision(revision);
+            let page = timed("range", || {
+                let (mut client, from, options) =
+                    (self.client.clone(), from.clone(), options.clone());
+                async move { client.get(from, Some(options)).await }
+            })
+            .await;
+            let mut response = match page {
+                Ok(response) => response,
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::OutOfRange =>
+                {
+                    if limit > 1 {
+                        limit /= 2;
+                    } else {
+                        kvs.clear();
+                        revision = 0;
+                        limit = PAGE;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(etcd_error(e)),
+            };
+            if revision == 0 {
+                revision = response.header().map(|h| h.revision()).unwrap_or_default();
             }
-        })
-        .await
-        .map_err(etcd_error)?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((response.take_kvs(), revision))
+            let more = response.more();
+            kvs.extend(response.take_kvs());
+            if !more {
+                return Ok((kvs, revision));
+            }
+            limit = (limit * 2).min(PAGE);
+        }
     }
 
     /// Writes `value` at `key` only if nobody wrote the key since `over`
@@ -237,6 +278,24 @@ impl Store {
         .await
         .map_err(etcd_error)
     }
+}
+
+/// Most keys one page of a range read asks for.
+pub const PAGE: i64 = 256;
+
+/// The end of the key range holding every key that starts with `prefix`
+/// (etcd's `GetPrefix`): the prefix with its last byte below 0xff raised
+/// by one and what follows it dropped; every key, for a prefix of 0xff
+/// bytes only.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Runs one etcd request (sent again while its connection is refused, see
@@ -312,4 +371,16 @@ pub fn etcd_error(error: etcd_client::Error) -> Error {
         };
     }
     Error::unavailable("etcd request failed", error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range_end;
+
+    #[test]
+    fn a_prefix_range_ends_past_its_last_key() {
+        assert_eq!(range_end(b"/petset/pods/"), b"/petset/pods0");
+        assert_eq!(range_end(b"a\xff\xff"), b"b");
+        assert_eq!(range_end(b"\xff"), b"\0");
+    }
 }
