@@ -1,5 +1,6 @@
 //! The pod addresses of a node: one each, given back when the pod's task
-//! ends, however it ended.
+//! ends, however it ended. `petset_agent_pod_addresses_free` follows the
+//! count, so a leak shows.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -13,9 +14,15 @@ pub struct Addresses {
 impl Addresses {
     /// Every host address of `subnet` free.
     pub fn new(subnet: ipnet::Ipv4Net) -> Self {
-        Addresses {
+        let addresses = Addresses {
             free: subnet.hosts().collect(),
-        }
+        };
+        addresses.publish();
+        addresses
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("petset_agent_pod_addresses_free").set(self.free.len() as f64);
     }
 
     /// How many are free.
@@ -25,18 +32,23 @@ impl Addresses {
 
     /// The lowest free address, now taken.
     pub fn take(&mut self) -> Option<Ipv4Addr> {
-        self.free.pop_first()
+        let ip = self.free.pop_first();
+        self.publish();
+        ip
     }
 
     /// The highest free address, now taken for good (the node's DNS
     /// relay).
     pub fn take_last(&mut self) -> Option<Ipv4Addr> {
-        self.free.pop_last()
+        let ip = self.free.pop_last();
+        self.publish();
+        ip
     }
 
     /// Gives `ip` back.
     pub fn give_back(&mut self, ip: Ipv4Addr) {
         self.free.insert(ip);
+        self.publish();
     }
 }
 

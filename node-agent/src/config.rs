@@ -126,6 +126,10 @@ pub struct Config {
     /// container's address with the Docker runtime, else 127.0.0.1).
     #[arg(long, env = "PETSET_NODE_ADDRESS")]
     pub node_address: Option<String>,
+    /// Most pods the node runs at once, as the kubelet's `maxPods`; the
+    /// node registers the smaller of this and its free pod addresses.
+    #[arg(long, env = "PETSET_MAX_PODS", default_value_t = 110)]
+    pub max_pods: u32,
     /// Node lease TTL, seconds.
     #[arg(long, env = "PETSET_NODE_LEASE_TTL", default_value_t = 10)]
     pub lease_ttl: i64,

@@ -151,17 +151,22 @@ impl Agent {
         let mut host = ServiceHost::new();
         host.add_service(NodeAgentServer::new(LogsApi { ctx: ctx.clone() }));
         let server = tokio::spawn(host.serve(listener, shutdown.clone()));
+        let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
         let mut node = NodeLoop {
             ctx,
+            capacity: config.max_pods.min(addresses.free() as u32),
             addresses,
             running: BTreeMap::new(),
+            stopping: Vec::new(),
+            refused: BTreeMap::new(),
             config: config.clone(),
             agent_endpoint,
             node_address,
             deadline: Arc::new(deadline),
+            ended: ended_tx,
         };
         let ctx = node.ctx.clone();
-        node.run(shutdown.clone(), LeasesClient::new(identity))
+        node.run(shutdown.clone(), LeasesClient::new(identity), ended)
             .await;
         // The pods are stopped: their cgroups go too.
         if let runtime::Runtime::Process {

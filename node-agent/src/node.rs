@@ -12,7 +12,7 @@ use petset_core::serve::ServiceChannel;
 use petset_core::shutdown::CancellationToken;
 use petset_proto::v1;
 use petset_proto::v1::leases_client::LeasesClient;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::Config;
 use crate::addresses::Addresses;
@@ -31,21 +31,31 @@ pub(crate) struct Running {
 pub(crate) struct NodeLoop {
     pub(crate) ctx: Arc<Context>,
     pub(crate) addresses: Addresses,
+    /// The node's pods, by `<namespace>/<pod>`: one incarnation each.
     pub(crate) running: BTreeMap<String, Running>,
+    /// Incarnations replaced by a newer one, still stopping: their
+    /// addresses come back when they have stopped.
+    pub(crate) stopping: Vec<Running>,
+    /// Pods this node refused (`<namespace>/<pod>` → incarnation), each
+    /// reported once.
+    pub(crate) refused: BTreeMap<String, u64>,
     pub(crate) config: Config,
     pub(crate) agent_endpoint: String,
     pub(crate) node_address: String,
     /// The node's fence deadline (see [`fence`]).
     pub(crate) deadline: Arc<watch::Sender<u64>>,
+    /// Pods the node registered it can run: the smaller of `--max-pods`
+    /// and its free addresses.
+    pub(crate) capacity: u32,
+    /// Told by each pod task when it ends, so that its address comes back
+    /// then, not at the next change of the node's pods.
+    pub(crate) ended: mpsc::UnboundedSender<()>,
 }
 
 impl NodeLoop {
     async fn register(&self, shutdown: &CancellationToken) -> Option<(i64, i64)> {
-        let capacity: std::collections::HashMap<String, String> = [(
-            "pods".to_string(),
-            self.addresses.free().min(110).to_string(),
-        )]
-        .into();
+        let capacity: std::collections::HashMap<String, String> =
+            [("pods".to_string(), self.capacity.to_string())].into();
         loop {
             let request = v1::RegisterNodeRequest {
                 name: self.config.name.clone(),
@@ -85,6 +95,7 @@ impl NodeLoop {
         &mut self,
         shutdown: CancellationToken,
         mut leases: LeasesClient<ServiceChannel>,
+        mut ended: mpsc::UnboundedReceiver<()>,
     ) {
         while let Some((lease, ttl)) = self.register(&shutdown).await {
             let lost = CancellationToken::new();
@@ -124,6 +135,7 @@ impl NodeLoop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = lost.cancelled() => break,
+                    Some(()) = ended.recv() => self.reap(),
                     event = next => match event {
                         Some(Ok(event)) => self.reconcile(event.pods),
                         // The replica went away: watch again (elsewhere
@@ -150,7 +162,7 @@ impl NodeLoop {
     }
 
     fn reconcile(&mut self, pods: Vec<v1::Pod>) {
-        self.running.retain(|_, r| !r.task.is_finished());
+        self.reap();
         let mut seen = BTreeSet::new();
         for pod in pods {
             let meta = pod.metadata.clone().unwrap_or_default();
@@ -164,8 +176,8 @@ impl NodeLoop {
                     }
                     Some(_) => {}
                     None => {
-                        // Not running here (the agent restarted): just give
-                        // the identity back.
+                        // Not running here (refused, or the agent
+                        // restarted): just give the identity back.
                         let mut identities = self.ctx.identities.clone();
                         let release = v1::ReleaseIdentityRequest {
                             r#ref: Some(v1::IdentityRef {
@@ -184,19 +196,31 @@ impl NodeLoop {
                 .running
                 .get(&key)
                 .is_some_and(|r| r.incarnation == pod.incarnation)
+                || self.refused.get(&key) == Some(&pod.incarnation)
             {
                 continue;
             }
             if let Some(old) = self.running.remove(&key) {
                 let _ = old.stop.send(Some(Stop::Graceful(Duration::ZERO)));
-                self.addresses.give_back(old.ip);
+                self.stopping.push(old);
             }
-            let Some(ip) = self.addresses.take() else {
-                tracing::error!(pod = %key, "no pod address left in the pod subnet");
-                continue;
+            let ip = match self.admit() {
+                Ok(ip) => ip,
+                Err(message) => {
+                    tracing::warn!(pod = %key, %message, "pod refused");
+                    metrics::counter!("petset_agent_pods_refused_total").increment(1);
+                    self.refused.insert(key, pod.incarnation);
+                    tokio::spawn(refuse(self.ctx.clone(), pod, message));
+                    continue;
+                }
             };
             let (stop, stopped) = watch::channel(None);
-            let task = tokio::spawn(pods::supervise(self.ctx.clone(), pod.clone(), ip, stopped));
+            let ended = self.ended.clone();
+            let supervise = pods::supervise(self.ctx.clone(), pod.clone(), ip, stopped);
+            let task = tokio::spawn(async move {
+                supervise.await;
+                let _ = ended.send(());
+            });
             self.running.insert(
                 key,
                 Running {
@@ -207,36 +231,114 @@ impl NodeLoop {
                 },
             );
         }
+        self.refused.retain(|key, _| seen.contains(key));
         // Pods that vanished (deleted by force): stop them too.
         for (key, r) in &self.running {
             if !seen.contains(key) && r.stop.borrow().is_none() {
                 let _ = r.stop.send(Some(Stop::Graceful(Duration::ZERO)));
             }
         }
-        let finished: Vec<String> = self
+    }
+
+    /// An address for a new pod, or why the node cannot run it (the
+    /// kubelet's admission: `Pod was rejected: ...`).
+    fn admit(&mut self) -> Result<Ipv4Addr, String> {
+        let used = self.running.len() as u32;
+        if used >= self.capacity {
+            return Err(format!(
+                "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {}",
+                self.capacity
+            ));
+        }
+        self.addresses.take().ok_or_else(|| {
+            format!(
+                "Pod was rejected: node {} has no free pod address in {} ({} pods still stopping)",
+                self.config.name,
+                self.config.pod_subnet,
+                self.stopping.len()
+            )
+        })
+    }
+
+    /// Forgets the pods whose task ended, giving their addresses back.
+    fn reap(&mut self) {
+        let ended: Vec<String> = self
             .running
             .iter()
             .filter(|(_, r)| r.task.is_finished())
             .map(|(k, _)| k.clone())
             .collect();
-        for key in finished {
+        for key in ended {
             if let Some(r) = self.running.remove(&key) {
                 self.addresses.give_back(r.ip);
             }
+        }
+        let (ended, stopping): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|r| r.task.is_finished());
+        self.stopping = stopping;
+        for r in ended {
+            self.addresses.give_back(r.ip);
         }
     }
 
     /// Stops every pod (`how`: `None` for each pod's own grace) and waits.
     async fn stop_all(&mut self, how: Option<Stop>) {
-        for r in self.running.values() {
+        for r in self.running.values().chain(&self.stopping) {
             let _ = r
                 .stop
                 .send(Some(how.unwrap_or(Stop::Graceful(Duration::from_secs(30)))));
         }
-        for (_, r) in std::mem::take(&mut self.running) {
+        let running = std::mem::take(&mut self.running).into_values();
+        for r in running.chain(std::mem::take(&mut self.stopping)) {
             let _ = r.task.await;
             self.addresses.give_back(r.ip);
         }
+    }
+}
+
+/// Reports a pod the node refused as Failed, with the reason the kubelet
+/// gives (`OutOfpods`), so that its set replaces it on another node; tried
+/// again for a while when no replica takes the report.
+async fn refuse(ctx: Arc<Context>, pod: v1::Pod, message: String) {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let request = v1::ReportPodStatusRequest {
+        namespace: meta.namespace,
+        name: meta.name,
+        incarnation: pod.incarnation,
+        status: Some(v1::PodStatus {
+            phase: "Failed".into(),
+            reason: "OutOfpods".into(),
+            message,
+            ..Default::default()
+        }),
+    };
+    let mut retry = Duration::from_millis(500);
+    for _ in 0..8 {
+        let reported = ctx
+            .nodes
+            .call(Duration::from_secs(5), |mut nodes| {
+                let request = request.clone();
+                async move { nodes.report_pod_status(request).await }
+            })
+            .await;
+        match reported {
+            Ok(_) => return,
+            // The pod is gone or is another incarnation now: nothing to say.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(pod = %request.name, %status, "refusal report not taken; retrying")
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(Duration::from_secs(5));
     }
 }
 
