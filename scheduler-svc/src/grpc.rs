@@ -521,8 +521,8 @@ pub struct NodesApi {
     pub nodes: Nodes,
     /// Pods, for reports and the node's pod stream.
     pub pods: Pods,
-    /// For the node's pod stream.
-    pub store: Store,
+    /// Each node's pods, for the node's pod stream.
+    pub node_pods: crate::node_pods::NodePods,
     /// Ends the pod streams when the server stops.
     pub shutdown: CancellationToken,
 }
@@ -604,26 +604,21 @@ impl nodes_server::Nodes for NodesApi {
         let mut v = Violations::new();
         v.check("node_name", validate::dns1123_subdomain(&node));
         v.into_result()?;
-        let mirror = Mirror::spawn(&self.store, Keys(&self.store).pods(None));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let pods = self.pods.clone();
+        let node_pods = self.node_pods.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let mut changed = mirror.changed();
+            let mut changed = node_pods.subscribe(&node).await;
             let mut sent: Option<Vec<v1::Pod>> = None;
             loop {
-                // The agent needs the pods, not their status: one range read
-                // per change, not two reads more per pod.
-                let now: Vec<v1::Pod> = match pods.records(None, None, Some(&node)).await {
-                    Ok(list) => list
-                        .into_iter()
-                        .map(|pod| pod_to_api(&(pod, None)))
-                        .collect(),
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
+                // From the replica's index of pods by node: no etcd read,
+                // and only this node's pods.
+                changed.borrow_and_update();
+                let now: Vec<v1::Pod> = node_pods
+                    .pods(&node)
+                    .into_iter()
+                    .map(|pod| pod_to_api(&(pod, None)))
+                    .collect();
                 if sent.as_ref() != Some(&now) {
                     if tx
                         .send(Ok(v1::NodePodsEvent { pods: now.clone() }))

@@ -46,22 +46,31 @@ impl Term {
     }
 
     /// Runs `txn`'s compares plus the term guard; answers whether it
-    /// succeeded, and [`Error::FailedPrecondition`] if this replica no
-    /// longer leads.
+    /// succeeded, and [`Error::Deposed`] if this replica no longer leads.
     pub async fn write(
         &self,
         store: &Store,
         compares: Vec<Compare>,
         ops: Vec<TxnOp>,
     ) -> Result<bool> {
+        Ok(self.write_at(store, compares, ops).await?.is_some())
+    }
+
+    /// [`Term::write`], answering the revision the write made (`None`: a
+    /// compare failed).
+    pub async fn write_at(
+        &self,
+        store: &Store,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Option<i64>> {
         let mut all = vec![self.guard()];
         all.extend(compares);
-        if store
-            .txn(Txn::new().when(all).and_then(ops))
-            .await?
-            .succeeded()
-        {
-            return Ok(true);
+        let response = store.txn(Txn::new().when(all).and_then(ops)).await?;
+        if response.succeeded() {
+            return Ok(Some(
+                response.header().map(|h| h.revision()).unwrap_or_default(),
+            ));
         }
         let leader = store.get::<LeaderRecord>(&self.key).await?;
         if leader.as_ref().map(|l| l.create_revision) != Some(self.revision) {
@@ -72,7 +81,7 @@ impl Term {
                 leader.map(|l| l.value.id).unwrap_or_else(|| "none".into())
             )));
         }
-        Ok(false)
+        Ok(None)
     }
 }
 

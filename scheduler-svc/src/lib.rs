@@ -12,10 +12,12 @@
 //! - [`placement`]: choosing a node (pure).
 //! - [`rules`]: what a set's pods are: `pod_for`, the planner's views,
 //!   orphan identities, kept claims (pure).
-//! - [`world`]: one consistent read of everything the controller decides on.
+//! - [`world`]: everything the controller decides on, at one revision: the
+//!   leader's cache, fed by one watch.
 //! - [`controller`]: carries the plan out (a dispatcher over one set's pass).
 //! - [`leader`]: leader election and the term every controller write checks.
-//! - [`nodes`], [`pods`]: nodes and pods as agents and people see them.
+//! - [`nodes`], [`pods`]: nodes and pods as agents and people see them;
+//!   [`node_pods`]: each node's pods, for the agents' streams.
 //! - [`grpc`]: the tonic services.
 //! - [`proxy`]: the HTTP pod and service proxy.
 //! - [`config`]: settings ([`ServeError`] is the shared start-up failure).
@@ -24,6 +26,7 @@ pub mod config;
 pub mod controller;
 pub mod grpc;
 pub mod leader;
+pub mod node_pods;
 pub mod nodes;
 pub mod placement;
 pub mod planner;
@@ -158,7 +161,7 @@ impl Server {
         .add_service(NodesServer::new(NodesApi {
             nodes: Nodes::new(store.clone()),
             pods,
-            store: store.clone(),
+            node_pods: node_pods::NodePods::spawn(&store),
             shutdown: shutdown.clone(),
         }));
         let served = host

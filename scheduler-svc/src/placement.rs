@@ -7,6 +7,11 @@
 //!   requests of the pods already there leave free.
 //! - A claim bound to a node-local volume pins the pod to that node; the
 //!   template's `nodeSelector` must match the node's labels.
+//! - A node that refused this pod a moment ago (the kubelet's admission:
+//!   `OutOfpods`) is not chosen again while the refusal is fresh.
+//! - The caller counts the pods it placed that its view of the store does
+//!   not show yet (kube-scheduler's assume cache), so a burst spreads and
+//!   no node is given more than its capacity.
 //! - Among the nodes left, the one with the fewest pods of the same set (so
 //!   a set spreads), then the fewest pods overall, then the name that sorts
 //!   first: every replica of the scheduler decides the same.
@@ -43,6 +48,8 @@ pub struct Request {
     pub node_selector: BTreeMap<String, String>,
     /// Node affinities of the pod's bound volumes: all must match.
     pub volume_affinity: Vec<NodeSelector>,
+    /// Nodes that refused the pod lately, with their reason.
+    pub refused_by: BTreeMap<String, String>,
 }
 
 /// A pod already bound to a node.
@@ -68,6 +75,8 @@ pub fn choose(request: &Request, nodes: &[NodeView], bound: &[Bound]) -> Result<
         let memory: u64 = here.iter().map(|b| b.memory_bytes).sum();
         let refusal = if !node.ready {
             Some("node not ready")
+        } else if request.refused_by.contains_key(&node.name) {
+            Some("node refused the pod")
         } else if !request
             .volume_affinity
             .iter()
@@ -167,6 +176,15 @@ mod tests {
         assert_eq!(
             err,
             "0/3 nodes are available: 1 insufficient cpu, 1 node not ready, 1 too many pods"
+        );
+        let refused = Request {
+            refused_by: [("n3".to_string(), "OutOfpods".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(choose(&refused, &nodes, &[]).unwrap(), "n2");
+        assert_eq!(
+            choose(&refused, &nodes, &[bound("n2", false)]).unwrap_err(),
+            "0/3 nodes are available: 1 node not ready, 1 node refused the pod, 1 too many pods"
         );
         let pinned_to_down = Request {
             volume_affinity: vec![NodeSelector::hostname("n1")],

@@ -43,7 +43,9 @@ impl SetPass<'_> {
                 .bindings;
         }
         let pod_spec = template.spec.clone().unwrap_or_default();
-        let (cpu_milli, memory_bytes) = rules::requests(&pod_spec);
+        let requests = rules::requests(&pod_spec);
+        let (cpu_milli, memory_bytes) = requests;
+        let pod_key = (ns.to_string(), name.clone());
         let request = Request {
             cpu_milli,
             memory_bytes,
@@ -62,11 +64,12 @@ impl SetPass<'_> {
                 })
                 .map(rules::node_selector)
                 .collect(),
+            refused_by: self.controller.refused_by(&pod_key),
         };
         let node = placement::choose(
             &request,
             &self.world.node_views(),
-            &self.world.bound(ns, set_name),
+            &self.controller.placed(self.world, ns, set_name),
         )
         .map_err(|why| {
             Error::FailedPrecondition(format!("pod {ns}/{name} is unschedulable: {why}"))
@@ -114,14 +117,12 @@ impl SetPass<'_> {
         record.trace = petset_core::telemetry::current_traceparent();
         let k = self.keys().pod(ns, &name);
         let written = self
-            .term
             .write(
-                &self.controller.store,
                 vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)],
                 vec![TxnOp::put(k, encode(&record)?, None)],
             )
             .await;
-        if !matches!(written, Ok(true)) {
+        let Ok(Some(revision)) = written else {
             // Nobody will run this pod: give the identity back at once.
             let _ = self
                 .controller
@@ -134,7 +135,14 @@ impl SetPass<'_> {
                 .await;
             written?;
             return Err(Error::Conflict(format!("pod {ns}/{name} exists already")));
-        }
+        };
+        self.controller.assume(
+            pod_key,
+            (ns.to_string(), set_name.to_string()),
+            &node,
+            requests,
+            revision,
+        );
         metrics::counter!("petset_pods_created_total").increment(1);
         tracing::info!(pod = %format!("{ns}/{name}"), node = %node, incarnation, revision, "pod created");
         Ok(())

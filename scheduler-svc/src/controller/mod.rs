@@ -14,15 +14,18 @@
 //! - `claims`: the set's claims in storage-svc (retention).
 //!
 //! # Expected flow (one activation)
-//! 1. Read every key in one range read ([`World::read`]).
-//! 2. For each set: make sure its template's revision exists, plan, and run
-//!    the actions in order, stopping at the first that cannot be done now.
+//! 1. Bring the cached [`World`] up to date from the root's watch (at least
+//!    to this leader's own last write) and take the sets the updates
+//!    touched.
+//! 2. For each of them: make sure its template's revision exists, plan, and
+//!    run the actions in order, stopping at the first that cannot be done
+//!    now.
 //! 3. Write each set's status when it changed.
 //!
-//! Activations run when anything under the root changes (an etcd watch) and
-//! every second (for `minReadySeconds` and retries); a set whose last
+//! Activations run when an update touches a set and every second, for
+//! every set (for `minReadySeconds` and retries); a set whose last
 //! activation was postponed waits out its [`Backoff`] first. Every action is
-//! idempotent against a re-read world: creating a pod that exists fails its
+//! idempotent against the world: creating a pod that exists fails its
 //! create-if-absent compare, a deletion already asked for is not asked
 //! again.
 //!
@@ -40,26 +43,49 @@ mod create;
 mod set;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::WatchOptions;
 use petset_core::error::{Error, Result};
 use petset_core::serve::ServiceChannel;
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::Store;
+use petset_core::store::mirror::{Update, reflect};
 use petset_proto::v1::identities_client::IdentitiesClient;
 use petset_proto::v1::storage_client::StorageClient;
 
 pub use self::backoff::Backoff;
 use self::set::SetPass;
 use crate::leader::Term;
+use crate::placement::Bound;
 use crate::sets;
-use crate::world::World;
+use crate::world::{Name, Touched, World};
 
 /// `(namespace, pod, incarnation)` of a pod whose identity a lease expiry
 /// freed.
 type FreedPod = (String, String, u64);
+
+/// How long a node's refusal of a pod keeps placement from choosing that
+/// node for the pod again.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(30);
+
+/// A pod this replica wrote, counted by placement until a world read shows
+/// it (kube-scheduler's assume cache): the world a pass plans on was read
+/// before the pass's own creates.
+#[derive(Debug, Clone)]
+struct Assumed {
+    /// `(namespace, set)`.
+    set: Name,
+    node: String,
+    cpu_milli: u64,
+    memory_bytes: u64,
+    /// The revision of the write that made it.
+    written: i64,
+}
+
+/// Nodes that refused a pod lately: node → (reason, when).
+type Refusals = BTreeMap<String, (String, Instant)>;
 
 /// Runs the controller while this replica leads.
 #[derive(Debug, Clone)]
@@ -71,6 +97,12 @@ pub struct Controller {
     fence_margin: Duration,
     /// When each `(ns, pod, incarnation)` was first seen so freed.
     unheld: Arc<Mutex<BTreeMap<FreedPod, Instant>>>,
+    /// Pods written that the world read may not show yet, by `(ns, pod)`.
+    assumed: Arc<Mutex<BTreeMap<Name, Assumed>>>,
+    /// Nodes that refused each `(ns, pod)` lately.
+    refusals: Arc<Mutex<BTreeMap<Name, Refusals>>>,
+    /// The revision of this leader's last write.
+    written: Arc<AtomicI64>,
     identities: IdentitiesClient<ServiceChannel>,
     storage: StorageClient<ServiceChannel>,
 }
@@ -106,22 +138,59 @@ impl Controller {
             backoff: Arc::default(),
             fence_margin,
             unheld: Arc::default(),
+            assumed: Arc::default(),
+            refusals: Arc::default(),
+            written: Arc::default(),
             identities: IdentitiesClient::new(identity),
             storage: StorageClient::new(storage),
         }
     }
 
     /// Reconciles until `token` is cancelled.
+    ///
+    /// The world is a cache fed by one watch of the root ([`reflect`]):
+    /// each update touches some sets, and those are planned again, once
+    /// for every batch of updates that arrived together (a work queue that
+    /// coalesces). Every second, and when a back-off ends, every set is.
+    /// A pass never plans on a world older than this leader's own last
+    /// write: it waits for the watch to bring it.
     pub async fn run(&self, term: Term, token: CancellationToken) {
-        let mut events = self.watch().await;
+        let root = format!("{}/", self.store.root());
+        let mut updates = reflect(&self.store, root.clone());
+        let mut world = World::default();
+        let mut listed = false;
+        let mut touched = Touched::default();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            // A watch that broke (its etcd member went away) is opened
-            // again, at most once a tick; meanwhile the tick reconciles.
-            if events.is_none() {
-                events = self.watch().await;
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => touched = Touched::all(),
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => touched = Touched::all(),
+                update = updates.recv() => {
+                    let Some(update) = update else { return };
+                    listed |= matches!(update, Update::Listed { .. });
+                    touched.merge(world.apply(&root, update));
+                }
             }
-            match self.reconcile(&term).await {
+            // Everything that arrived meanwhile goes into the same pass.
+            while let Ok(update) = updates.try_recv() {
+                listed |= matches!(update, Update::Listed { .. });
+                touched.merge(world.apply(&root, update));
+            }
+            if !listed
+                || world.revision < self.written.load(Ordering::Acquire)
+                || touched.is_empty()
+            {
+                continue;
+            }
+            let due = std::mem::take(&mut touched);
+            match self.reconcile(&term, &world, &due).await {
                 Err(e) if e.is_deposed() => {
                     tracing::warn!(error = %e, "deposed");
                     return;
@@ -129,47 +198,13 @@ impl Controller {
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
                 Ok(_) => {}
             }
-            // A set whose back-off ends before the next tick is tried then.
-            let wake = self.next_wake();
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tick.tick() => {}
-                _ = async {
-                    match wake {
-                        Some(at) => tokio::time::sleep_until(at.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-                message = async {
-                    match events.as_mut() {
-                        Some(stream) => stream.message().await.ok().flatten().is_some(),
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if !message {
-                        events = None;
-                    }
-                }
-            }
         }
     }
 
-    /// A watch of everything under the root, or `None` (logged) when etcd
-    /// does not take one now.
-    async fn watch(&self) -> Option<etcd_client::WatchStream> {
-        let prefix = format!("{}/", self.store.root());
-        let watch = self
-            .store
-            .client()
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
-            .await;
-        match watch {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the store; reconciling every second until it can");
-                None
-            }
-        }
+    /// Notes that this leader wrote at `revision`: no pass plans on a world
+    /// older than that.
+    pub(super) fn wrote(&self, revision: i64) {
+        self.written.fetch_max(revision, Ordering::AcqRel);
     }
 
     /// How much of the fence margin is left for a pod whose identity was
@@ -191,6 +226,77 @@ impl Controller {
         self.unheld.lock().expect("not poisoned").remove(freed);
     }
 
+    /// Every pod placement counts for a pod of set `set` in `ns`: those of
+    /// `world`, and those written since it was read.
+    pub(super) fn placed(&self, world: &World, ns: &str, set: &str) -> Vec<Bound> {
+        let mut bound = world.bound(ns, set);
+        let assumed = self.assumed.lock().expect("not poisoned");
+        bound.extend(
+            assumed
+                .iter()
+                .filter(|(pod, a)| a.written > world.revision && !world.pods.contains_key(*pod))
+                .map(|(_, a)| Bound {
+                    node: a.node.clone(),
+                    same_set: a.set.0 == ns && a.set.1 == set,
+                    cpu_milli: a.cpu_milli,
+                    memory_bytes: a.memory_bytes,
+                }),
+        );
+        bound
+    }
+
+    /// Counts pod `pod` of `set` on `node` from revision `written` on,
+    /// until a world read shows it.
+    pub(super) fn assume(
+        &self,
+        pod: Name,
+        set: Name,
+        node: &str,
+        (cpu_milli, memory_bytes): (u64, u64),
+        written: i64,
+    ) {
+        self.assumed.lock().expect("not poisoned").insert(
+            pod,
+            Assumed {
+                set,
+                node: node.to_string(),
+                cpu_milli,
+                memory_bytes,
+                written,
+            },
+        );
+    }
+
+    /// The nodes that refused pod `(ns, name)` within the last
+    /// [`REFUSAL_MEMORY`], with their reasons.
+    pub(super) fn refused_by(&self, pod: &Name) -> BTreeMap<String, String> {
+        let now = Instant::now();
+        let mut refusals = self.refusals.lock().expect("not poisoned");
+        refusals.retain(|_, nodes| {
+            nodes.retain(|_, (_, when)| now.duration_since(*when) < REFUSAL_MEMORY);
+            !nodes.is_empty()
+        });
+        refusals
+            .get(pod)
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|(node, (why, _))| (node.clone(), why.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Remembers that `node` refused pod `(ns, name)`.
+    pub(super) fn remember_refusal(&self, pod: Name, node: &str, reason: &str) {
+        self.refusals
+            .lock()
+            .expect("not poisoned")
+            .entry(pod)
+            .or_default()
+            .insert(node.to_string(), (reason.to_string(), Instant::now()));
+    }
+
     /// When the next set's back-off ends, if any waits.
     pub fn next_wake(&self) -> Option<Instant> {
         self.backoff.lock().expect("not poisoned").next_wake()
@@ -204,10 +310,13 @@ impl Controller {
     /// retried after 250 ms, then twice as long each time up to 10 s, not
     /// on every change anywhere in the store. The reason is logged when it
     /// changes, not on every try.
-    pub async fn reconcile(&self, term: &Term) -> Result<usize> {
+    pub async fn reconcile(&self, term: &Term, world: &World, touched: &Touched) -> Result<usize> {
         let started = Instant::now();
-        let world = World::read(&self.store).await?;
-        record_pods_by_phase(&world);
+        self.assumed
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, a| a.written > world.revision);
+        record_pods_by_phase(world);
         let mut taken = 0;
         let now = Instant::now();
         let nodes_epoch = {
@@ -216,20 +325,19 @@ impl Controller {
             world.node_leases.hash(&mut h);
             h.finish()
         };
-        let due: Vec<_> = {
+        let (waiting, ready): (Vec<_>, Vec<_>) = {
             let backoff = self.backoff.lock().expect("not poisoned");
-            world
-                .sets
-                .iter()
-                .filter(|((ns, name), set)| {
-                    let key = (ns.clone(), name.clone());
-                    !backoff.waiting(&key, (set.mod_revision, nodes_epoch), now)
-                })
-                .collect()
+            world.sets.iter().partition(|((ns, name), set)| {
+                let key = (ns.clone(), name.clone());
+                backoff.waiting(&key, (set.mod_revision, nodes_epoch), now)
+            })
         };
+        let due: Vec<_> = ready
+            .into_iter()
+            .filter(|((ns, name), _)| touched.contains(&(ns.clone(), name.clone())))
+            .collect();
         metrics::gauge!("petset_controller_queue_depth").set(due.len() as f64);
-        metrics::gauge!("petset_controller_sets_backing_off")
-            .set((world.sets.len() - due.len()) as f64);
+        metrics::gauge!("petset_controller_sets_backing_off").set(waiting.len() as f64);
         for ((ns, name), set) in due {
             let key = (ns.clone(), name.clone());
             let version = (set.mod_revision, nodes_epoch);
@@ -237,7 +345,7 @@ impl Controller {
             let outcome = match sets::check_replicas(set.value.spec.replicas.unwrap_or(1)) {
                 // Stored before the bound existed: left alone, not planned.
                 Err(rule) => Err(Error::invalid("stateful_set.spec.replicas", rule)),
-                Ok(()) => SetPass::new(self, term, &world, set).run().await,
+                Ok(()) => SetPass::new(self, term, world, set).run().await,
             };
             metrics::histogram!("petset_controller_set_pass_seconds")
                 .record(pass.elapsed().as_secs_f64());

@@ -146,13 +146,25 @@ impl<'a> SetPass<'a> {
     /// Writes `ops` if the key `guard` is still at `revision`; answers
     /// whether it was written.
     async fn write_if(&self, guard: String, revision: i64, ops: Vec<TxnOp>) -> Result<bool> {
-        self.term
-            .write(
-                &self.controller.store,
-                vec![Compare::mod_revision(guard, CompareOp::Equal, revision)],
-                ops,
-            )
-            .await
+        let compares = vec![Compare::mod_revision(guard, CompareOp::Equal, revision)];
+        Ok(self.write(compares, ops).await?.is_some())
+    }
+
+    /// Writes `ops` under the leader's term if `compares` hold; answers the
+    /// revision written, which the next pass waits for.
+    pub(super) async fn write(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Option<i64>> {
+        let written = self
+            .term
+            .write_at(&self.controller.store, compares, ops)
+            .await?;
+        if let Some(revision) = written {
+            self.controller.wrote(revision);
+        }
+        Ok(written)
     }
 
     /// Records the update revision unless it is the newest already, then
@@ -216,6 +228,17 @@ impl<'a> SetPass<'a> {
         reason: Reason,
         now: SystemTime,
     ) -> Result<()> {
+        // A node that refused the pod (the kubelet's admission) is not
+        // given its replacement again at once.
+        let key = (self.ns.to_string(), pod.value.meta.name.clone());
+        if matches!(reason, Reason::Failed)
+            && let Some(status) = self.world.pod_status.get(&key)
+            && status.incarnation == pod.value.incarnation
+            && status.reason.starts_with("OutOf")
+        {
+            self.controller
+                .remember_refusal(key, &pod.value.node, &status.reason);
+        }
         let mut record = pod.value.clone();
         record.deletion = Some(Deletion {
             requested_at: now,
