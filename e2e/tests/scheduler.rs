@@ -409,9 +409,10 @@ async fn max_unavailable_replaces_pods_two_at_a_time_from_the_top() {
         .lock()
         .unwrap()
         .iter()
-        .map(|e| match e {
-            Seen::Stopped { pod, .. } => (false, pod.clone()),
-            Seen::Started { pod, .. } => (true, pod.clone()),
+        .filter_map(|e| match e {
+            Seen::Stopped { pod, .. } => Some((false, pod.clone())),
+            Seen::Started { pod, .. } => Some((true, pod.clone())),
+            Seen::Refused { .. } => None,
         })
         .collect();
     let batch = |from: usize| -> BTreeSet<String> {

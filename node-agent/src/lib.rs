@@ -159,6 +159,7 @@ impl Agent {
             running: BTreeMap::new(),
             stopping: Vec::new(),
             refused: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             config: config.clone(),
             agent_endpoint,
             node_address,

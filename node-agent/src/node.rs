@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -26,6 +27,17 @@ pub(crate) struct Running {
     ip: Ipv4Addr,
     stop: watch::Sender<Option<Stop>>,
     task: tokio::task::JoinHandle<()>,
+    /// Set by the task once the pod has stopped, just before it tells the
+    /// node loop: the task itself may not have finished when the loop
+    /// hears of it.
+    done: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Whether the pod has stopped for good.
+    fn ended(&self) -> bool {
+        self.done.load(Ordering::Acquire) || self.task.is_finished()
+    }
 }
 
 pub(crate) struct NodeLoop {
@@ -39,6 +51,8 @@ pub(crate) struct NodeLoop {
     /// Pods this node refused (`<namespace>/<pod>` → incarnation), each
     /// reported once.
     pub(crate) refused: BTreeMap<String, u64>,
+    /// Pods waiting for the address of a pod that is stopping.
+    pub(crate) waiting: BTreeMap<String, v1::Pod>,
     pub(crate) config: Config,
     pub(crate) agent_endpoint: String,
     pub(crate) node_address: String,
@@ -169,6 +183,7 @@ impl NodeLoop {
             let key = format!("{}/{}", meta.namespace, meta.name);
             seen.insert(key.clone());
             if pod.deletion_timestamp.is_some() {
+                self.waiting.remove(&key);
                 let grace = Duration::from_secs(pod.deletion_grace_period_seconds.max(0) as u64);
                 match self.running.get(&key) {
                     Some(r) if r.stop.borrow().is_none() => {
@@ -204,40 +219,64 @@ impl NodeLoop {
                 let _ = old.stop.send(Some(Stop::Graceful(Duration::ZERO)));
                 self.stopping.push(old);
             }
-            let ip = match self.admit() {
-                Ok(ip) => ip,
-                Err(message) => {
-                    tracing::warn!(pod = %key, %message, "pod refused");
-                    metrics::counter!("petset_agent_pods_refused_total").increment(1);
-                    self.refused.insert(key, pod.incarnation);
-                    tokio::spawn(refuse(self.ctx.clone(), pod, message));
-                    continue;
-                }
-            };
-            let (stop, stopped) = watch::channel(None);
-            let ended = self.ended.clone();
-            let supervise = pods::supervise(self.ctx.clone(), pod.clone(), ip, stopped);
-            let task = tokio::spawn(async move {
-                supervise.await;
-                let _ = ended.send(());
-            });
-            self.running.insert(
-                key,
-                Running {
-                    incarnation: pod.incarnation,
-                    ip,
-                    stop,
-                    task,
-                },
-            );
+            self.start(key, pod);
         }
         self.refused.retain(|key, _| seen.contains(key));
+        self.waiting.retain(|key, _| seen.contains(key));
         // Pods that vanished (deleted by force): stop them too.
         for (key, r) in &self.running {
             if !seen.contains(key) && r.stop.borrow().is_none() {
                 let _ = r.stop.send(Some(Stop::Graceful(Duration::ZERO)));
             }
         }
+    }
+
+    /// Starts `pod` if the node can admit it; waits for an address while a
+    /// pod is still stopping; otherwise refuses it.
+    fn start(&mut self, key: String, pod: v1::Pod) {
+        self.waiting.remove(&key);
+        let ip = match self.admit() {
+            Ok(ip) => ip,
+            Err(_) if self.is_stopping() => {
+                // Its address comes back when it has stopped.
+                self.waiting.insert(key, pod);
+                return;
+            }
+            Err(message) => {
+                tracing::warn!(pod = %key, %message, "pod refused");
+                metrics::counter!("petset_agent_pods_refused_total").increment(1);
+                self.refused.insert(key, pod.incarnation);
+                tokio::spawn(refuse(self.ctx.clone(), pod, message));
+                return;
+            }
+        };
+        let (stop, stopped) = watch::channel(None);
+        let (ended, done) = (self.ended.clone(), Arc::new(AtomicBool::new(false)));
+        let supervise = pods::supervise(self.ctx.clone(), pod.clone(), ip, stopped);
+        let task = tokio::spawn({
+            let done = done.clone();
+            async move {
+                supervise.await;
+                done.store(true, Ordering::Release);
+                let _ = ended.send(());
+            }
+        });
+        self.running.insert(
+            key,
+            Running {
+                incarnation: pod.incarnation,
+                ip,
+                stop,
+                task,
+                done,
+            },
+        );
+    }
+
+    /// Whether a pod of this node is stopping, so that its address comes
+    /// back soon.
+    fn is_stopping(&self) -> bool {
+        !self.stopping.is_empty() || self.running.values().any(|r| r.stop.borrow().is_some())
     }
 
     /// An address for a new pod, or why the node cannot run it (the
@@ -265,7 +304,7 @@ impl NodeLoop {
         let ended: Vec<String> = self
             .running
             .iter()
-            .filter(|(_, r)| r.task.is_finished())
+            .filter(|(_, r)| r.ended())
             .map(|(k, _)| k.clone())
             .collect();
         for key in ended {
@@ -275,10 +314,14 @@ impl NodeLoop {
         }
         let (ended, stopping): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
             .into_iter()
-            .partition(|r| r.task.is_finished());
+            .partition(Running::ended);
         self.stopping = stopping;
         for r in ended {
             self.addresses.give_back(r.ip);
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        for (key, pod) in waiting {
+            self.start(key, pod);
         }
     }
 

@@ -319,6 +319,10 @@ pub enum Seen {
         pod: String,
         incarnation: u64,
     },
+    Refused {
+        pod: String,
+        node: String,
+    },
 }
 
 /// A node agent simulated by the test: registers, keeps its lease alive,
@@ -330,6 +334,9 @@ pub struct Agent {
     pub mounts: Arc<Mutex<BTreeMap<String, PathBuf>>>,
     /// Pods reported Running but not Ready until released.
     pub held: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// While set, every new pod is refused as the kubelet's admission
+    /// refuses one (Failed, `OutOfpods`).
+    pub refusing: Arc<std::sync::atomic::AtomicBool>,
     running: Arc<Mutex<BTreeMap<String, u64>>>,
     nodes: NodesClient<Channel>,
     stop: CancellationToken,
@@ -342,12 +349,27 @@ impl Agent {
         name: &str,
         log: Arc<Mutex<Vec<Seen>>>,
     ) -> Agent {
+        Self::start_with_capacity(cluster, scheduler, name, log, None).await
+    }
+
+    /// [`Agent::start`], registering a capacity of `pods` pods (the
+    /// scheduler's default, 110, when `None`).
+    pub async fn start_with_capacity(
+        cluster: &Cluster,
+        scheduler: usize,
+        name: &str,
+        log: Arc<Mutex<Vec<Seen>>>,
+        pods: Option<u32>,
+    ) -> Agent {
         let mut nodes = NodesClient::new(channel(cluster.schedulers[scheduler].addr));
         let lease = nodes
             .register_node(v1::RegisterNodeRequest {
                 name: name.into(),
                 address: "127.0.0.1".into(),
                 ttl_seconds: 2,
+                capacity: pods
+                    .map(|n| HashMap::from([("pods".to_string(), n.to_string())]))
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .await
@@ -357,6 +379,7 @@ impl Agent {
         let stop = CancellationToken::new();
         let mounts = Arc::new(Mutex::new(BTreeMap::new()));
         let held = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let running = Arc::new(Mutex::new(BTreeMap::new()));
         let agent_nodes = nodes.clone();
         let keep = {
@@ -379,7 +402,8 @@ impl Agent {
         tokio::spawn(keep);
         let run = {
             let (name, stop, mounts) = (name.to_string(), stop.clone(), mounts.clone());
-            let (held, running) = (held.clone(), running.clone());
+            let (held, running, refusing) = (held.clone(), running.clone(), refusing.clone());
+            let mut refused = std::collections::BTreeSet::new();
             let storage = cluster.storage();
             let identities = cluster.identities();
             async move {
@@ -444,7 +468,30 @@ impl Agent {
                                 .await;
                             continue;
                         }
-                        if running.lock().unwrap().get(&meta.name) == Some(&pod.incarnation) {
+                        if running.lock().unwrap().get(&meta.name) == Some(&pod.incarnation)
+                            || refused.contains(&(meta.name.clone(), pod.incarnation))
+                        {
+                            continue;
+                        }
+                        if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                            refused.insert((meta.name.clone(), pod.incarnation));
+                            log.lock().unwrap().push(Seen::Refused {
+                                pod: meta.name.clone(),
+                                node: name.clone(),
+                            });
+                            let _ = nodes
+                                .report_pod_status(v1::ReportPodStatusRequest {
+                                    namespace: meta.namespace.clone(),
+                                    name: meta.name.clone(),
+                                    incarnation: pod.incarnation,
+                                    status: Some(v1::PodStatus {
+                                        phase: "Failed".into(),
+                                        reason: "OutOfpods".into(),
+                                        message: "Pod was rejected: simulated".into(),
+                                        ..Default::default()
+                                    }),
+                                })
+                                .await;
                             continue;
                         }
                         for claim in &claims {
@@ -497,6 +544,7 @@ impl Agent {
             name: name.into(),
             mounts,
             held,
+            refusing,
             running,
             nodes: agent_nodes,
             stop,
