@@ -384,6 +384,11 @@ impl Tied {
         Tied { watchdog, pid }
     }
 
+    /// The program's pid.
+    pub fn pid(&self) -> &str {
+        &self.pid
+    }
+
     /// Whether the program still runs (it may have exited by itself).
     pub fn running(&self) -> bool {
         std::fs::read_to_string(format!("/proc/{}/stat", self.pid))

@@ -24,19 +24,11 @@ impl SetPass<'_> {
         let template =
             revisions::template_of(revision, &self.update_revision, &self.template, self.stored);
         let name = pod_name(set_name, ordinal);
-        let ensure = |node: &str| v1::EnsureClaimsRequest {
-            namespace: ns.to_string(),
-            set_name: set_name.to_string(),
-            ordinal: ordinal.into(),
-            templates: spec.volume_claim_templates.clone(),
-            selector_labels: spec.selector.clone().unwrap_or_default().match_labels,
-            node: node.to_string(),
-        };
         let mut storage = self.controller.storage.clone();
         let mut bindings = Vec::new();
         if !spec.volume_claim_templates.is_empty() {
             bindings = storage
-                .ensure_claims(ensure(""))
+                .ensure_claims(self.ensure_request(ordinal, ""))
                 .await
                 .map_err(status_to_error)?
                 .into_inner()
@@ -74,9 +66,44 @@ impl SetPass<'_> {
         .map_err(|why| {
             Error::FailedPrecondition(format!("pod {ns}/{name} is unschedulable: {why}"))
         })?;
+        // Counted on its node from now on, so that creates running beside
+        // this one choose with it in mind; forgotten if it is not written.
+        let set_key = (ns.to_string(), set_name.to_string());
+        self.controller
+            .assume(pod_key.clone(), set_key.clone(), &node, requests, i64::MAX);
+        let written = self
+            .bind_and_write(ordinal, revision, &template, &name, &node, bindings)
+            .await;
+        match written {
+            Ok(revision) => {
+                self.controller
+                    .assume(pod_key, set_key, &node, requests, revision);
+                Ok(())
+            }
+            Err(e) => {
+                self.controller.unassume(&pod_key);
+                Err(e)
+            }
+        }
+    }
+
+    /// The rest of a create once its node is chosen: binds
+    /// `WaitForFirstConsumer` claims there, issues the identity on the
+    /// node's lease and writes the pod; answers the write's revision.
+    async fn bind_and_write(
+        &self,
+        ordinal: u32,
+        revision: &str,
+        template: &v1::PodTemplateSpec,
+        name: &str,
+        node: &str,
+        mut bindings: Vec<v1::ClaimBinding>,
+    ) -> Result<i64> {
+        let ns = self.ns;
+        let mut storage = self.controller.storage.clone();
         if bindings.iter().any(|b| b.volume.is_none()) {
             bindings = storage
-                .ensure_claims(ensure(&node))
+                .ensure_claims(self.ensure_request(ordinal, node))
                 .await
                 .map_err(status_to_error)?
                 .into_inner()
@@ -93,11 +120,11 @@ impl SetPass<'_> {
         let lease = *self
             .world
             .node_leases
-            .get(&node)
+            .get(node)
             .ok_or_else(|| Error::FailedPrecondition(format!("node {node} lost its lease")))?;
         let meta = MetaInput {
             namespace: ns.to_string(),
-            name: name.clone(),
+            name: name.to_string(),
             ..MetaInput::default()
         }
         .create();
@@ -107,22 +134,22 @@ impl SetPass<'_> {
             &self.set.value,
             ordinal,
             revision,
-            &template,
+            template,
             Placed {
                 meta,
-                node: node.clone(),
+                node: node.to_string(),
                 incarnation,
             },
         );
         record.trace = petset_core::telemetry::current_traceparent();
-        let k = self.keys().pod(ns, &name);
+        let k = self.keys().pod(ns, name);
         let written = self
             .write(
                 vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)],
                 vec![TxnOp::put(k, encode(&record)?, None)],
             )
             .await;
-        let Ok(Some(revision)) = written else {
+        let Ok(Some(written_at)) = written else {
             // Nobody will run this pod: give the identity back at once.
             let _ = self
                 .controller
@@ -136,16 +163,23 @@ impl SetPass<'_> {
             written?;
             return Err(Error::Conflict(format!("pod {ns}/{name} exists already")));
         };
-        self.controller.assume(
-            pod_key,
-            (ns.to_string(), set_name.to_string()),
-            &node,
-            requests,
-            revision,
-        );
         metrics::counter!("petset_pods_created_total").increment(1);
         tracing::info!(pod = %format!("{ns}/{name}"), node = %node, incarnation, revision, "pod created");
-        Ok(())
+        Ok(written_at)
+    }
+
+    /// Ensures replica `ordinal`'s claims, binding `WaitForFirstConsumer`
+    /// ones on `node` when one is given.
+    fn ensure_request(&self, ordinal: u32, node: &str) -> v1::EnsureClaimsRequest {
+        let spec = &self.set.value.spec;
+        v1::EnsureClaimsRequest {
+            namespace: self.ns.to_string(),
+            set_name: self.name.to_string(),
+            ordinal: ordinal.into(),
+            templates: spec.volume_claim_templates.clone(),
+            selector_labels: spec.selector.clone().unwrap_or_default().match_labels,
+            node: node.to_string(),
+        }
     }
 
     fn identity_ref(&self, ordinal: u32) -> v1::IdentityRef {

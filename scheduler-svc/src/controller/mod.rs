@@ -267,6 +267,11 @@ impl Controller {
         );
     }
 
+    /// Forgets an assumed pod that was not written after all.
+    pub(super) fn unassume(&self, pod: &Name) {
+        self.assumed.lock().expect("not poisoned").remove(pod);
+    }
+
     /// The nodes that refused pod `(ns, name)` within the last
     /// [`REFUSAL_MEMORY`], with their reasons.
     pub(super) fn refused_by(&self, pod: &Name) -> BTreeMap<String, String> {

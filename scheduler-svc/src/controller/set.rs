@@ -10,11 +10,14 @@ use tracing::Instrument as _;
 
 use super::Controller;
 use crate::leader::Term;
-use crate::planner::{self, Action, PodView, Reason, SetView};
+use crate::planner::{self, Action, PodView, Policy, Reason, SetView};
 use crate::records::{Deletion, Keys, PodRecord, RevisionRecord, SetRecord, SetStatusRecord};
 use crate::revisions;
 use crate::rules::{pod_view, set_view};
 use crate::world::World;
+
+/// Most creates of one Parallel set that run at once.
+const MAX_CREATES: usize = 64;
 
 /// Everything one set's pass works on: the set, the world it was read in,
 /// and its revisions.
@@ -98,49 +101,86 @@ impl<'a> SetPass<'a> {
         let actions = planner::plan(&view, &views, &claim_ordinals, now);
         let mut blocked = None;
         let mut taken = 0;
-        for action in &actions {
-            tracing::debug!(set = %format!("{}/{}", self.ns, self.name), ?action, "acting");
-            let pod = |name: &str| {
-                *pods
-                    .iter()
-                    .find(|p| p.value.meta.name == name)
-                    .expect("planned from these pods")
+        // A Parallel set's creates that follow one another in the plan run
+        // side by side, in batches of 1, 2, 4, ... up to MAX_CREATES
+        // (Kubernetes' slowStartBatch): a set that cannot create one pod
+        // does not try a thousand. Every other action runs alone, in order.
+        let parallel = view.policy == Policy::Parallel;
+        let mut batch = 1;
+        let mut next = 0;
+        while next < actions.len() {
+            let creates = actions[next..]
+                .iter()
+                .take_while(|a| matches!(a, Action::CreatePod { .. }))
+                .count();
+            let n = if parallel && creates > 0 {
+                creates.min(batch)
+            } else {
+                1
             };
-            // Each action is a span in the trace of the change that
-            // caused it (the set's stored traceparent), when traced.
-            let span = tracing::info_span!("statefulset action", set = %format!("{}/{}", self.ns, self.name), ?action);
-            if let Some(parent) = &self.set.value.trace {
-                petset_core::telemetry::set_remote_parent(&span, parent);
+            let group = &actions[next..next + n];
+            next += n;
+            if n > 1 {
+                batch = (batch * 2).min(MAX_CREATES);
+            } else if matches!(group[0], Action::CreatePod { .. }) {
+                batch = 2;
             }
-            let outcome = async {
-                match action {
-                    Action::CreatePod { ordinal, revision } => {
-                        self.create_pod(*ordinal, revision).await
+            let outcomes =
+                futures::future::join_all(group.iter().map(|a| self.act(a, &pods, now))).await;
+            for (action, outcome) in group.iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => taken += 1,
+                    Err(e) if e.is_deposed() => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(set = %format!("{}/{}", self.ns, self.name), ?action, error = %e, "action postponed");
+                        blocked.get_or_insert(e.to_string());
                     }
-                    Action::DeletePod { name, reason } => {
-                        self.delete_pod(pod(name), *reason, now).await
-                    }
-                    Action::RemovePod { name, reason } => self.remove_pod(pod(name), *reason).await,
-                    Action::DeleteClaims { ordinal } => self.delete_claims(*ordinal).await,
-                    Action::RemoveSet => self.remove_set().await,
                 }
             }
-            .instrument(span)
-            .await;
-            match outcome {
-                Ok(()) => taken += 1,
-                Err(e) if e.is_deposed() => return Err(e),
-                Err(e) => {
-                    tracing::debug!(set = %format!("{}/{}", self.ns, self.name), ?action, error = %e, "action postponed");
-                    blocked = Some(e.to_string());
-                    break;
-                }
+            if blocked.is_some() {
+                break;
             }
         }
         if !matches!(actions.last(), Some(Action::RemoveSet)) || blocked.is_some() {
             self.write_status(&view, &views, blocked.clone()).await?;
         }
         Ok((taken, blocked))
+    }
+
+    /// Takes one action of the plan, as a span in the trace of the change
+    /// that caused it (the set's stored traceparent), when traced.
+    async fn act(
+        &self,
+        action: &Action,
+        pods: &[&Versioned<PodRecord>],
+        now: SystemTime,
+    ) -> Result<()> {
+        tracing::debug!(set = %format!("{}/{}", self.ns, self.name), ?action, "acting");
+        let pod = |name: &str| {
+            *pods
+                .iter()
+                .find(|p| p.value.meta.name == name)
+                .expect("planned from these pods")
+        };
+        let span = tracing::info_span!("statefulset action", set = %format!("{}/{}", self.ns, self.name), ?action);
+        if let Some(parent) = &self.set.value.trace {
+            petset_core::telemetry::set_remote_parent(&span, parent);
+        }
+        async {
+            match action {
+                Action::CreatePod { ordinal, revision } => {
+                    self.create_pod(*ordinal, revision).await
+                }
+                Action::DeletePod { name, reason } => {
+                    self.delete_pod(pod(name), *reason, now).await
+                }
+                Action::RemovePod { name, reason } => self.remove_pod(pod(name), *reason).await,
+                Action::DeleteClaims { ordinal } => self.delete_claims(*ordinal).await,
+                Action::RemoveSet => self.remove_set().await,
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// Writes `ops` if the key `guard` is still at `revision`; answers
