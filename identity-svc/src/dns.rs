@@ -59,6 +59,11 @@ pub struct ZoneIndex {
     namespaces: BTreeSet<String>,
     services: HashMap<(String, String), ServiceEntry>,
     reverse: HashMap<IpAddr, BTreeSet<Name>>,
+    /// Every question the index has a record for (each pod's and
+    /// service's addresses, each named port's SRV), answered once when the
+    /// index is built: a query is one hash lookup. `Name`'s hash and
+    /// equality ignore case, so a query in any case finds its answer.
+    answered: HashMap<(Name, RecordType), Arc<Resolution>>,
 }
 
 impl ZoneIndex {
@@ -85,6 +90,7 @@ impl ZoneIndex {
             namespaces: BTreeSet::new(),
             services: HashMap::new(),
             reverse: HashMap::new(),
+            answered: HashMap::new(),
         };
         for service in services {
             let mut pods: Vec<EndpointRecord> = by_namespace
@@ -110,7 +116,57 @@ impl ZoneIndex {
                 },
             );
         }
+        index.answer_every_known_question();
         index
+    }
+
+    /// Fills [`ZoneIndex::answered`] with [`resolve`]'s own answers, so
+    /// that the lookup and the resolver can never disagree.
+    fn answer_every_known_question(&mut self) {
+        let mut names = Vec::new();
+        for ((ns, service), entry) in &self.services {
+            let service_fqdn = self.zone_text.service_fqdn(ns, service);
+            names.push((fqdn(&service_fqdn), false));
+            for pod in &entry.pods {
+                let pod_name = self.zone_text.pod_fqdn(ns, service, &pod.pod_name());
+                names.push((fqdn(&pod_name), false));
+            }
+            for port in entry
+                .record
+                .spec
+                .ports
+                .iter()
+                .filter(|p| !p.name.is_empty())
+            {
+                let srv = format!(
+                    "_{}._{}.{service_fqdn}",
+                    port.name,
+                    port.protocol.srv_label()
+                );
+                names.push((fqdn(&srv), true));
+            }
+        }
+        for (name, srv) in names {
+            let qtypes: &[RecordType] = if srv {
+                &[RecordType::SRV, RecordType::ANY]
+            } else {
+                &[RecordType::A, RecordType::AAAA, RecordType::ANY]
+            };
+            for qtype in qtypes {
+                let resolution = resolve(self, &name, *qtype);
+                self.answered
+                    .insert((name.clone(), *qtype), Arc::new(resolution));
+            }
+        }
+    }
+
+    /// The answer to `name`/`qtype`: precomputed when the index holds
+    /// records for it, else resolved now (negative answers, SOA, PTR).
+    pub fn answer(&self, name: &Name, qtype: RecordType) -> Arc<Resolution> {
+        match self.answered.get(&(name.clone(), qtype)) {
+            Some(answer) => answer.clone(),
+            None => Arc::new(resolve(self, name, qtype)),
+        }
     }
 }
 
@@ -481,9 +537,14 @@ impl RequestHandler for DnsHandler {
             let query = &queries[0];
             let index = self.index();
             let name: Name = query.name().into();
-            let resolution = resolve(&index, &name, query.query_type());
-            metrics::counter!("petset_dns_queries_total", "rcode" => resolution.code.to_string())
-                .increment(1);
+            let resolution = index.answer(&name, query.query_type());
+            let rcode = match resolution.code {
+                ResponseCode::NoError => "NoError",
+                ResponseCode::NXDomain => "NXDomain",
+                ResponseCode::Refused => "Refused",
+                _ => "other",
+            };
+            metrics::counter!("petset_dns_queries_total", "rcode" => rcode).increment(1);
             tracing::debug!(%name, qtype = %query.query_type(), rcode = %resolution.code, answers = resolution.answers.len(), "dns query");
             let mut metadata = code_only(resolution.code);
             metadata.authoritative = resolution.authoritative;
@@ -713,5 +774,47 @@ mod tests {
             ask(&index(false), "12.0.0.10.in-addr.arpa.", RecordType::PTR).code,
             ResponseCode::NXDomain
         );
+    }
+
+    #[test]
+    fn precomputed_answers_are_the_resolvers_in_any_case() {
+        let index = index(false);
+        // Each known question was answered when the index was built.
+        assert!(
+            index.answered.len() >= 2 * 3 + 3 + 2,
+            "{}",
+            index.answered.len()
+        );
+        for name in [
+            "kubia-0.kubia.default.svc.cluster.local.",
+            "KUBIA-1.Kubia.Default.SVC.cluster.local.",
+            "kubia.default.svc.cluster.local.",
+            "_http._tcp.kubia.default.svc.cluster.local.",
+            "_HTTP._TCP.kubia.default.svc.cluster.local.",
+            // Not known: resolved per query.
+            "kubia-2.kubia.default.svc.cluster.local.",
+            "nope.default.svc.cluster.local.",
+            "cluster.local.",
+            "example.com.",
+            "10.0.0.10.in-addr.arpa.",
+        ] {
+            let parsed = Name::from_ascii(name).unwrap();
+            for qtype in [
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::SRV,
+                RecordType::ANY,
+                RecordType::SOA,
+                RecordType::PTR,
+            ] {
+                assert_eq!(
+                    *index.answer(&parsed, qtype),
+                    resolve(&index, &parsed, qtype),
+                    "{name} {qtype}"
+                );
+            }
+        }
+        let known = Name::from_ascii("KUBIA-0.kubia.default.svc.cluster.local.").unwrap();
+        assert!(index.answered.contains_key(&(known, RecordType::A)));
     }
 }

@@ -65,14 +65,41 @@ pub struct Bound {
     pub memory_bytes: u64,
 }
 
+/// What a node already holds, summed over its pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Pods.
+    pub pods: u32,
+    /// Pods of the set being placed.
+    pub same_set: u32,
+    /// Their cpu requests, millicores.
+    pub cpu_milli: u64,
+    /// Their memory requests, bytes.
+    pub memory_bytes: u64,
+}
+
+/// Each node's [`Load`]: summed once, so that placing a pod costs one
+/// look per node, not one per pod.
+pub type Loads = BTreeMap<String, Load>;
+
+/// Adds `bound` pods to `loads`.
+pub fn add(loads: &mut Loads, bound: impl IntoIterator<Item = Bound>) {
+    for b in bound {
+        let load = loads.entry(b.node).or_default();
+        load.pods += 1;
+        load.same_set += u32::from(b.same_set);
+        load.cpu_milli += b.cpu_milli;
+        load.memory_bytes += b.memory_bytes;
+    }
+}
+
 /// The chosen node, or why none fits.
-pub fn choose(request: &Request, nodes: &[NodeView], bound: &[Bound]) -> Result<String, String> {
+pub fn choose(request: &Request, nodes: &[NodeView], loads: &Loads) -> Result<String, String> {
     let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
     let mut best: Option<((u32, u32, &str), &NodeView)> = None;
     for node in nodes {
-        let here: Vec<&Bound> = bound.iter().filter(|b| b.node == node.name).collect();
-        let cpu: u64 = here.iter().map(|b| b.cpu_milli).sum();
-        let memory: u64 = here.iter().map(|b| b.memory_bytes).sum();
+        let here = loads.get(&node.name).copied().unwrap_or_default();
+        let (cpu, memory) = (here.cpu_milli, here.memory_bytes);
         let refusal = if !node.ready {
             Some("node not ready")
         } else if request.refused_by.contains_key(&node.name) {
@@ -89,7 +116,7 @@ pub fn choose(request: &Request, nodes: &[NodeView], bound: &[Bound]) -> Result<
             .all(|(k, v)| node.labels.get(k) == Some(v))
         {
             Some("node selector does not match")
-        } else if here.len() as u32 >= node.pods {
+        } else if here.pods >= node.pods {
             Some("too many pods")
         } else if cpu + request.cpu_milli > node.cpu_milli {
             Some("insufficient cpu")
@@ -102,8 +129,7 @@ pub fn choose(request: &Request, nodes: &[NodeView], bound: &[Bound]) -> Result<
             *reasons.entry(reason.to_string()).or_default() += 1;
             continue;
         }
-        let same_set = here.iter().filter(|b| b.same_set).count() as u32;
-        let score = (same_set, here.len() as u32, node.name.as_str());
+        let score = (here.same_set, here.pods, node.name.as_str());
         if best.as_ref().is_none_or(|(s, _)| score < *s) {
             best = Some((score, node));
         }
@@ -148,14 +174,29 @@ mod tests {
         }
     }
 
+    fn loads<const N: usize>(bound: [Bound; N]) -> Loads {
+        let mut loads = Loads::new();
+        add(&mut loads, bound);
+        loads
+    }
+
     #[test]
     fn spreads_a_set_and_breaks_ties_by_name() {
         let nodes = [node("n2", 10), node("n1", 10), node("n3", 10)];
-        assert_eq!(choose(&Request::default(), &nodes, &[]).unwrap(), "n1");
+        assert_eq!(
+            choose(&Request::default(), &nodes, &loads([])).unwrap(),
+            "n1"
+        );
         let placed = [bound("n1", true), bound("n2", false)];
-        assert_eq!(choose(&Request::default(), &nodes, &placed).unwrap(), "n3");
+        assert_eq!(
+            choose(&Request::default(), &nodes, &loads(placed)).unwrap(),
+            "n3"
+        );
         let placed = [bound("n1", true), bound("n3", true), bound("n2", false)];
-        assert_eq!(choose(&Request::default(), &nodes, &placed).unwrap(), "n2");
+        assert_eq!(
+            choose(&Request::default(), &nodes, &loads(placed)).unwrap(),
+            "n2"
+        );
     }
 
     #[test]
@@ -167,12 +208,17 @@ mod tests {
             volume_affinity: vec![NodeSelector::hostname("n3")],
             ..Default::default()
         };
-        assert_eq!(choose(&request, &nodes, &[]).unwrap(), "n3");
+        assert_eq!(choose(&request, &nodes, &Loads::new()).unwrap(), "n3");
         let big = Request {
             cpu_milli: 1800,
             ..Default::default()
         };
-        let err = choose(&big, &nodes, &[bound("n2", false), bound("n3", false)]).unwrap_err();
+        let err = choose(
+            &big,
+            &nodes,
+            &loads([bound("n2", false), bound("n3", false)]),
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             "0/3 nodes are available: 1 insufficient cpu, 1 node not ready, 1 too many pods"
@@ -181,15 +227,15 @@ mod tests {
             refused_by: [("n3".to_string(), "OutOfpods".to_string())].into(),
             ..Default::default()
         };
-        assert_eq!(choose(&refused, &nodes, &[]).unwrap(), "n2");
+        assert_eq!(choose(&refused, &nodes, &Loads::new()).unwrap(), "n2");
         assert_eq!(
-            choose(&refused, &nodes, &[bound("n2", false)]).unwrap_err(),
+            choose(&refused, &nodes, &loads([bound("n2", false)])).unwrap_err(),
             "0/3 nodes are available: 1 node not ready, 1 node refused the pod, 1 too many pods"
         );
         let pinned_to_down = Request {
             volume_affinity: vec![NodeSelector::hostname("n1")],
             ..Default::default()
         };
-        assert!(choose(&pinned_to_down, &nodes, &[]).is_err());
+        assert!(choose(&pinned_to_down, &nodes, &Loads::new()).is_err());
     }
 }

@@ -61,7 +61,9 @@ impl SetPass<'_> {
         let node = placement::choose(
             &request,
             &self.world.node_views(),
-            &self.controller.placed(self.world, ns, set_name),
+            &self
+                .controller
+                .placed(self.world, self.loads(), ns, set_name),
         )
         .map_err(|why| {
             Error::FailedPrecondition(format!("pod {ns}/{name} is unschedulable: {why}"))

@@ -58,7 +58,7 @@ use petset_proto::v1::storage_client::StorageClient;
 pub use self::backoff::Backoff;
 use self::set::SetPass;
 use crate::leader::Term;
-use crate::placement::Bound;
+use crate::placement::{self, Bound, Loads};
 use crate::sets;
 use crate::world::{Name, Touched, World};
 
@@ -226,12 +226,14 @@ impl Controller {
         self.unheld.lock().expect("not poisoned").remove(freed);
     }
 
-    /// Every pod placement counts for a pod of set `set` in `ns`: those of
-    /// `world`, and those written since it was read.
-    pub(super) fn placed(&self, world: &World, ns: &str, set: &str) -> Vec<Bound> {
-        let mut bound = world.bound(ns, set);
+    /// What each node holds as placement counts it for a pod of set `set`
+    /// in `ns`: `loaded`, the load of `world`'s pods, and the pods written
+    /// (or being written) since it was read.
+    pub(super) fn placed(&self, world: &World, loaded: &Loads, ns: &str, set: &str) -> Loads {
+        let mut loads = loaded.clone();
         let assumed = self.assumed.lock().expect("not poisoned");
-        bound.extend(
+        placement::add(
+            &mut loads,
             assumed
                 .iter()
                 .filter(|(pod, a)| a.written > world.revision && !world.pods.contains_key(*pod))
@@ -242,7 +244,7 @@ impl Controller {
                     memory_bytes: a.memory_bytes,
                 }),
         );
-        bound
+        loads
     }
 
     /// Counts pod `pod` of `set` on `node` from revision `written` on,

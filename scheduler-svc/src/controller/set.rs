@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 
 use super::Controller;
 use crate::leader::Term;
+use crate::placement::{self, Loads};
 use crate::planner::{self, Action, PodView, Policy, Reason, SetView};
 use crate::records::{Deletion, Keys, PodRecord, RevisionRecord, SetRecord, SetStatusRecord};
 use crate::revisions;
@@ -33,6 +34,8 @@ pub(super) struct SetPass<'a> {
     /// The spec's template, and its revision.
     pub(super) template: v1::PodTemplateSpec,
     pub(super) update_revision: String,
+    /// Each node's load from the world's pods, summed once for the pass.
+    loads: std::sync::OnceLock<Loads>,
 }
 
 impl<'a> SetPass<'a> {
@@ -61,7 +64,18 @@ impl<'a> SetPass<'a> {
             stored,
             template,
             update_revision,
+            loads: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Each node's load from the world's pods (as placement counts them
+    /// for this set), summed the first time a create asks.
+    pub(super) fn loads(&self) -> &Loads {
+        self.loads.get_or_init(|| {
+            let mut loads = Loads::new();
+            placement::add(&mut loads, self.world.bound(self.ns, self.name));
+            loads
+        })
     }
 
     pub(super) fn keys(&self) -> Keys<'_> {
