@@ -479,19 +479,13 @@ impl Agent {
                                 pod: meta.name.clone(),
                                 node: name.clone(),
                             });
-                            let _ = nodes
-                                .report_pod_status(v1::ReportPodStatusRequest {
-                                    namespace: meta.namespace.clone(),
-                                    name: meta.name.clone(),
-                                    incarnation: pod.incarnation,
-                                    status: Some(v1::PodStatus {
-                                        phase: "Failed".into(),
-                                        reason: "OutOfpods".into(),
-                                        message: "Pod was rejected: simulated".into(),
-                                        ..Default::default()
-                                    }),
-                                })
-                                .await;
+                            let status = v1::PodStatus {
+                                phase: "Failed".into(),
+                                reason: "OutOfpods".into(),
+                                message: "Pod was rejected: simulated".into(),
+                                ..Default::default()
+                            };
+                            let _ = nodes.report_pod_status(report(&pod, status)).await;
                             continue;
                         }
                         for claim in &claims {
@@ -522,19 +516,13 @@ impl Agent {
                             incarnation: pod.incarnation,
                             node: name.clone(),
                         });
-                        let _ = nodes
-                            .report_pod_status(v1::ReportPodStatusRequest {
-                                namespace: meta.namespace.clone(),
-                                name: meta.name.clone(),
-                                incarnation: pod.incarnation,
-                                status: Some(v1::PodStatus {
-                                    phase: "Running".into(),
-                                    ready,
-                                    pod_ip: "127.0.0.1".into(),
-                                    ..Default::default()
-                                }),
-                            })
-                            .await;
+                        let status = v1::PodStatus {
+                            phase: "Running".into(),
+                            ready,
+                            pod_ip: "127.0.0.1".into(),
+                            ..Default::default()
+                        };
+                        let _ = nodes.report_pod_status(report(&pod, status)).await;
                     }
                 }
             }
@@ -577,6 +565,17 @@ impl Agent {
     /// The agent dies: no more keep-alives, no more reports.
     pub fn kill(&self) {
         self.stop.cancel();
+    }
+}
+
+/// The status report of `pod`'s incarnation.
+fn report(pod: &v1::Pod, status: v1::PodStatus) -> v1::ReportPodStatusRequest {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    v1::ReportPodStatusRequest {
+        namespace: meta.namespace,
+        name: meta.name,
+        incarnation: pod.incarnation,
+        status: Some(status),
     }
 }
 
