@@ -234,3 +234,36 @@ async fn a_range_larger_than_one_message_is_read_whole_at_one_revision() {
     let total: usize = kvs.iter().map(|kv| kv.value().len()).sum();
     assert!(total > 4 << 20, "read {total} bytes, not past one message");
 }
+
+#[tokio::test]
+async fn a_decoded_copy_keeps_values_with_their_revisions_and_skips_bad_ones() {
+    let store = Store::connect(&testing::shared().store_config("decoded"))
+        .await
+        .unwrap();
+    let prefix = store.prefix(&["things"]);
+    put(&store, &format!("{prefix}a"), "1").await;
+    let bad = store
+        .txn(Txn::new().and_then([TxnOp::put(format!("{prefix}bad"), "not json", None)]))
+        .await
+        .unwrap();
+    assert!(bad.succeeded());
+    let copy = petset_core::store::mirror::Decoded::<String>::spawn(&store, prefix.clone());
+    let b = put(&store, &format!("{prefix}b"), "2").await;
+    let entries = wait_for("the copy to show b", DEADLINE, || async {
+        let snapshot = copy.read()?;
+        (snapshot.revision >= b).then(|| snapshot.entries.clone())
+    })
+    .await;
+    assert_eq!(entries.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(entries["b"].value, "2");
+    assert_eq!(entries["b"].mod_revision, b);
+    store
+        .client()
+        .delete(format!("{prefix}a"), None)
+        .await
+        .unwrap();
+    wait_for("the delete", DEADLINE, || async {
+        (!copy.read()?.entries.contains_key("a")).then_some(())
+    })
+    .await;
+}

@@ -175,7 +175,7 @@ impl Claims {
     pub fn new(store: Store, roots: Arc<Roots>, reclaimer: Reclaimer) -> Self {
         Claims {
             classes: Classes::new(store.clone()),
-            volumes: Volumes::new(store.clone()),
+            volumes: Volumes::cached(store.clone()),
             store,
             roots,
             reclaimer,
@@ -384,7 +384,9 @@ impl Claims {
                     Err(e) => return Err(e),
                 },
             };
-            let volumes = self.volumes.list().await?;
+            // The first round chooses from the watch-fed copy; a round
+            // after a lost race reads etcd.
+            let volumes = self.volumes.for_binding(round > 0).await?;
             let records: Vec<VolumeRecord> = volumes.iter().map(|v| v.value.clone()).collect();
             match binder::decide(&record, class.as_ref(), &records, node) {
                 Decision::Bind(name) => {

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use petset_core::error::{Error, Result, Violations};
 use petset_core::meta::{MetaInput, Scope};
 use petset_core::selector::NodeSelector;
+use petset_core::store::mirror::Decoded;
 use petset_core::store::{Store, Versioned};
 use petset_core::validate;
 use petset_proto::v1;
@@ -213,12 +214,36 @@ fn unsupported_source(source: &Source) -> (&'static str, &'static str) {
 #[derive(Debug, Clone)]
 pub struct Volumes {
     store: Store,
+    /// Every volume as a watch keeps it, for the binder.
+    cache: Option<Decoded<VolumeRecord>>,
 }
 
 impl Volumes {
     /// Volumes kept in `store`.
     pub fn new(store: Store) -> Self {
-        Volumes { store }
+        Volumes { store, cache: None }
+    }
+
+    /// Volumes kept in `store`, with a watch-fed copy of all of them for
+    /// [`Volumes::for_binding`].
+    pub fn cached(store: Store) -> Self {
+        let cache = Decoded::spawn(&store, Keys(&store).volumes());
+        Volumes {
+            store,
+            cache: Some(cache),
+        }
+    }
+
+    /// Every volume, for the binder to choose from: from the watch-fed
+    /// copy (no etcd read, no decoding) unless `fresh` or there is none
+    /// yet. The binder's transaction compares each volume's revision, so a
+    /// copy a moment old costs a retry, never a wrong binding; the retry
+    /// asks `fresh`.
+    pub async fn for_binding(&self, fresh: bool) -> Result<Vec<Versioned<VolumeRecord>>> {
+        if !fresh && let Some(copy) = self.cache.as_ref().and_then(Decoded::read) {
+            return Ok(copy.entries.values().cloned().collect());
+        }
+        self.list().await
     }
 
     /// Reads one volume.

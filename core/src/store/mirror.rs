@@ -339,3 +339,94 @@ impl Backoff {
         *self = Backoff::default();
     }
 }
+
+/// A decoded copy of every key under one prefix, each value decoded once
+/// when it changes (a value that does not decode is logged and left out),
+/// with the revisions that conditional writes compare on.
+#[derive(Debug)]
+pub struct Decoded<T> {
+    snapshot: Arc<RwLock<DecodedSnapshot<T>>>,
+    listed: watch::Receiver<bool>,
+}
+
+impl<T> Clone for Decoded<T> {
+    fn clone(&self) -> Self {
+        Decoded {
+            snapshot: self.snapshot.clone(),
+            listed: self.listed.clone(),
+        }
+    }
+}
+
+/// A [`Decoded`] copy at one revision.
+#[derive(Debug)]
+pub struct DecodedSnapshot<T> {
+    /// The etcd revision this copy reflects; 0 until the first list.
+    pub revision: i64,
+    /// Keys (with the prefix removed) and their decoded values.
+    pub entries: BTreeMap<String, super::Versioned<T>>,
+}
+
+impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Decoded<T> {
+    /// Starts following every key under `prefix`; the watch ends when the
+    /// last clone is dropped.
+    pub fn spawn(store: &Store, prefix: impl Into<String>) -> Decoded<T> {
+        let prefix = prefix.into();
+        let snapshot = Arc::new(RwLock::new(DecodedSnapshot {
+            revision: 0,
+            entries: BTreeMap::new(),
+        }));
+        let (listed_tx, listed) = watch::channel(false);
+        let mut updates = reflect(store, prefix.clone());
+        let weak = Arc::downgrade(&snapshot);
+        tokio::spawn(async move {
+            while let Some(update) = updates.recv().await {
+                let Some(shared) = weak.upgrade() else { return };
+                let first = matches!(update, Update::Listed { .. });
+                let mut copy = shared.write().unwrap_or_else(|p| p.into_inner());
+                let decode = |kv: &KeyValue| super::decode_or_skip::<T>(kv);
+                match update {
+                    Update::Listed { kvs, revision } => {
+                        copy.entries = kvs
+                            .iter()
+                            .filter_map(|kv| Some((strip(&prefix, kv.key()), decode(kv)?)))
+                            .collect();
+                        copy.revision = revision;
+                    }
+                    Update::Changed { events, revision } => {
+                        for event in &events {
+                            let Some(kv) = event.kv() else { continue };
+                            let key = strip(&prefix, kv.key());
+                            copy.entries.remove(&key);
+                            if event.event_type() == EventType::Put
+                                && let Some(value) = decode(kv)
+                            {
+                                copy.entries.insert(key, value);
+                            }
+                        }
+                        copy.revision = revision;
+                    }
+                    Update::Progress(revision) => copy.revision = copy.revision.max(revision),
+                }
+                drop(copy);
+                if first {
+                    listed_tx.send_replace(true);
+                }
+            }
+        });
+        Decoded { snapshot, listed }
+    }
+
+    /// The copy now, once the prefix has been listed; `None` before.
+    /// Hold the guard briefly: the watch waits on it.
+    pub fn read(&self) -> Option<RwLockReadGuard<'_, DecodedSnapshot<T>>> {
+        if !*self.listed.borrow() {
+            return None;
+        }
+        Some(
+            self.snapshot
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
