@@ -256,31 +256,51 @@ pub async fn follow(
 impl Snapshot {
     /// Applies one update from [`reflect`] for the range `prefix`.
     fn apply(&mut self, prefix: &str, update: Update) {
-        match update {
-            Update::Listed { kvs, revision } => {
-                self.entries = kvs
-                    .iter()
-                    .map(|kv| (strip(prefix, kv.key()), Bytes::copy_from_slice(kv.value())))
-                    .collect();
-                self.revision = revision;
-            }
-            Update::Changed { events, revision } => {
-                for event in &events {
-                    let Some(kv) = event.kv() else { continue };
-                    let key = strip(prefix, kv.key());
-                    match event.event_type() {
-                        EventType::Put => {
-                            self.entries.insert(key, Bytes::copy_from_slice(kv.value()));
-                        }
-                        EventType::Delete => {
-                            self.entries.remove(&key);
-                        }
-                    }
-                }
-                self.revision = revision;
-            }
-            Update::Progress(revision) => self.revision = self.revision.max(revision),
+        apply_update(
+            &mut self.entries,
+            &mut self.revision,
+            prefix,
+            update,
+            |kv| Some(Bytes::copy_from_slice(kv.value())),
+        );
+    }
+}
+
+/// Applies one update from [`reflect`] for the range `prefix` to a copy of
+/// it (`entries` at `revision`), each stored value made by `value`; a key
+/// whose value it cannot make is left out, and so is its old value.
+fn apply_update<V>(
+    entries: &mut BTreeMap<String, V>,
+    revision: &mut i64,
+    prefix: &str,
+    update: Update,
+    value: impl Fn(&KeyValue) -> Option<V>,
+) {
+    match update {
+        Update::Listed { kvs, revision: at } => {
+            *entries = kvs
+                .iter()
+                .filter_map(|kv| Some((strip(prefix, kv.key()), value(kv)?)))
+                .collect();
+            *revision = at;
         }
+        Update::Changed {
+            events,
+            revision: at,
+        } => {
+            for event in &events {
+                let Some(kv) = event.kv() else { continue };
+                let key = strip(prefix, kv.key());
+                entries.remove(&key);
+                if event.event_type() == EventType::Put
+                    && let Some(v) = value(kv)
+                {
+                    entries.insert(key, v);
+                }
+            }
+            *revision = at;
+        }
+        Update::Progress(at) => *revision = (*revision).max(at),
     }
 }
 
@@ -383,32 +403,17 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Decoded<T> {
             while let Some(update) = updates.recv().await {
                 let Some(shared) = weak.upgrade() else { return };
                 let first = matches!(update, Update::Listed { .. });
-                let mut copy = shared.write().unwrap_or_else(|p| p.into_inner());
-                let decode = |kv: &KeyValue| super::decode_or_skip::<T>(kv);
-                match update {
-                    Update::Listed { kvs, revision } => {
-                        copy.entries = kvs
-                            .iter()
-                            .filter_map(|kv| Some((strip(&prefix, kv.key()), decode(kv)?)))
-                            .collect();
-                        copy.revision = revision;
-                    }
-                    Update::Changed { events, revision } => {
-                        for event in &events {
-                            let Some(kv) = event.kv() else { continue };
-                            let key = strip(&prefix, kv.key());
-                            copy.entries.remove(&key);
-                            if event.event_type() == EventType::Put
-                                && let Some(value) = decode(kv)
-                            {
-                                copy.entries.insert(key, value);
-                            }
-                        }
-                        copy.revision = revision;
-                    }
-                    Update::Progress(revision) => copy.revision = copy.revision.max(revision),
+                {
+                    let mut copy = shared.write().unwrap_or_else(|p| p.into_inner());
+                    let copy = &mut *copy;
+                    apply_update(
+                        &mut copy.entries,
+                        &mut copy.revision,
+                        &prefix,
+                        update,
+                        super::decode_or_skip::<T>,
+                    );
                 }
-                drop(copy);
                 if first {
                     listed_tx.send_replace(true);
                 }
