@@ -19,9 +19,9 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitEx
 
 use crate::config::{LogFormat, TelemetryArgs};
 
-/// The log filter when `RUST_LOG` is not set: INFO, but no line per DNS
-/// query.
-pub const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn,hickory_proto=warn";
+/// The log filter when `RUST_LOG` is not set: INFO. DNS queries log at
+/// DEBUG (`RUST_LOG=info,identity_svc::dns=debug` is the opt-in query log).
+pub const DEFAULT_LOG_FILTER: &str = "info,hickory_proto=warn";
 
 /// Keeps the trace exporter running; flushes it when dropped.
 #[derive(Debug)]
@@ -45,9 +45,6 @@ pub fn init(
     service_name: &'static str,
     args: &TelemetryArgs,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    // hickory-server logs two INFO lines per DNS query; a busy zone would
-    // fill the disk (RUST_LOG=info,hickory_server=info brings them back,
-    // as an opt-in query log).
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let (json, text) = match args.log_format {

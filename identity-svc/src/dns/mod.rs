@@ -22,21 +22,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, RwLock};
-use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::mirror::Mirror;
-use tokio::net::{TcpListener, UdpSocket};
 
 use crate::endpoints::{published, sort_peers, target_port};
 use crate::names::Zone;
 use crate::records::{EndpointRecord, ServiceRecord};
+
+mod server;
+pub mod wire;
+
+pub use server::serve;
 
 /// TTL of every answer, in seconds: short, because pods move (CoreDNS's
 /// Kubernetes plugin uses the same).
@@ -64,6 +64,10 @@ pub struct ZoneIndex {
     /// index is built: a query is one hash lookup. `Name`'s hash and
     /// equality ignore case, so a query in any case finds its answer.
     answered: HashMap<(Name, RecordType), Arc<Resolution>>,
+    /// The A, AAAA and SRV answers among them, encoded
+    /// ([`wire::Encoded`]), by the question's name in lower case on the
+    /// wire and its type.
+    encoded: HashMap<Box<[u8]>, wire::Encoded>,
 }
 
 impl ZoneIndex {
@@ -91,6 +95,7 @@ impl ZoneIndex {
             services: HashMap::new(),
             reverse: HashMap::new(),
             answered: HashMap::new(),
+            encoded: HashMap::new(),
         };
         for service in services {
             let mut pods: Vec<EndpointRecord> = by_namespace
@@ -158,6 +163,15 @@ impl ZoneIndex {
                     .insert((name.clone(), *qtype), Arc::new(resolution));
             }
         }
+        // ANY is answered from `answered` only: it is rare, and its
+        // answer repeats the others.
+        let encoded = self
+            .answered
+            .keys()
+            .filter(|(_, qtype)| *qtype != RecordType::ANY)
+            .filter_map(|(name, qtype)| wire::Encoded::new(self, name, *qtype))
+            .collect();
+        self.encoded = encoded;
     }
 
     /// The answer to `name`/`qtype`: precomputed when the index holds
@@ -499,104 +513,13 @@ fn build_from(zone: &Zone, services: &Mirror, endpoints: &Mirror) -> ZoneIndex {
     )
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> ResponseInfo {
-        let edns = request.edns.as_ref().map(|theirs| {
-            let mut ours = Edns::new();
-            ours.set_max_payload(theirs.max_payload().max(512));
-            ours
-        });
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(edns) = edns.as_ref() {
-            builder.edns(edns);
-        }
-        let queries = request.queries.queries();
-        let code_only = |code| {
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = code;
-            metadata
-        };
-        let outcome = if request.metadata.message_type != MessageType::Query {
-            response
-                .send_response(builder.error_msg(&request.metadata, ResponseCode::FormErr))
-                .await
-        } else if request.metadata.op_code != OpCode::Query {
-            response
-                .send_response(builder.error_msg(&request.metadata, ResponseCode::NotImp))
-                .await
-        } else if queries.len() != 1 {
-            response
-                .send_response(builder.build_no_records(code_only(ResponseCode::FormErr)))
-                .await
-        } else {
-            let query = &queries[0];
-            let index = self.index();
-            let name: Name = query.name().into();
-            let resolution = index.answer(&name, query.query_type());
-            let rcode = match resolution.code {
-                ResponseCode::NoError => "NoError",
-                ResponseCode::NXDomain => "NXDomain",
-                ResponseCode::Refused => "Refused",
-                _ => "other",
-            };
-            metrics::counter!("petset_dns_queries_total", "rcode" => rcode).increment(1);
-            tracing::debug!(%name, qtype = %query.query_type(), rcode = %resolution.code, answers = resolution.answers.len(), "dns query");
-            let mut metadata = code_only(resolution.code);
-            metadata.authoritative = resolution.authoritative;
-            metadata.recursion_available = false;
-            let message = builder.build(
-                metadata,
-                resolution.answers.iter(),
-                std::iter::empty(),
-                resolution.soa.iter(),
-                resolution.additionals.iter(),
-            );
-            response.send_response(message).await
-        };
-        outcome.unwrap_or_else(|error| {
-            tracing::warn!(%error, "sending a DNS response failed");
-            let mut metadata = Metadata::new(
-                request.metadata.id,
-                MessageType::Response,
-                request.metadata.op_code,
-            );
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
-        })
-    }
-}
-
-/// Serves DNS on `udp` and `tcp` until `shutdown`.
-pub async fn serve(
-    handler: DnsHandler,
-    udp: UdpSocket,
-    tcp: TcpListener,
-    shutdown: CancellationToken,
-) {
-    let mut server = hickory_server::Server::new(handler);
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5), 64);
-    shutdown.cancelled().await;
-    if let Err(error) = server.shutdown_gracefully().await {
-        tracing::warn!(%error, "DNS server did not stop cleanly");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::records::{EndpointPort, ServicePort, ServiceSpec, TargetPort};
     use petset_core::validate::Protocol;
 
-    fn service(publish_not_ready: bool) -> ServiceRecord {
+    pub(super) fn service(publish_not_ready: bool) -> ServiceRecord {
         ServiceRecord {
             uid: "u".into(),
             namespace: "default".into(),
@@ -618,7 +541,7 @@ mod tests {
         }
     }
 
-    fn pod(ordinal: u32, ip: &str, ready: bool) -> EndpointRecord {
+    pub(super) fn pod(ordinal: u32, ip: &str, ready: bool) -> EndpointRecord {
         EndpointRecord {
             namespace: "default".into(),
             set_name: "kubia".into(),
@@ -636,7 +559,7 @@ mod tests {
         }
     }
 
-    fn index(publish_not_ready: bool) -> ZoneIndex {
+    pub(super) fn index(publish_not_ready: bool) -> ZoneIndex {
         ZoneIndex::build(
             &Zone::default(),
             7,
