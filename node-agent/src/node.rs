@@ -123,6 +123,8 @@ impl NodeLoop {
                 shutdown.clone(),
             ));
             let mut stream = None;
+            // The node's pods as the stream gave them, by `<ns>/<name>`.
+            let mut known: BTreeMap<String, v1::Pod> = BTreeMap::new();
             loop {
                 if stream.is_none() {
                     let request = v1::WatchNodePodsRequest {
@@ -151,7 +153,10 @@ impl NodeLoop {
                     _ = lost.cancelled() => break,
                     Some(()) = ended.recv() => self.reap(),
                     event = next => match event {
-                        Some(Ok(event)) => self.reconcile(event.pods),
+                        Some(Ok(event)) => {
+                            apply_node_pods(&mut known, event);
+                            self.reconcile(known.values().cloned().collect());
+                        }
                         // The replica went away: watch again (elsewhere
                         // if it does not answer); the pods run on.
                         _ => stream = None,
@@ -175,6 +180,8 @@ impl NodeLoop {
         self.stop_all(None).await;
     }
 
+    /// Runs what `pods` (every pod bound to the node) asks for: starts new
+    /// pods and incarnations, stops deleted ones and those not listed.
     fn reconcile(&mut self, pods: Vec<v1::Pod>) {
         self.reap();
         let mut seen = BTreeSet::new();
@@ -421,5 +428,65 @@ async fn renew_lease(
         .is_some()
     {
         lost.cancel();
+    }
+}
+
+/// Applies one `WatchNodePods` event to `known`: a snapshot replaces it,
+/// a delta changes and removes pods in it.
+fn apply_node_pods(known: &mut BTreeMap<String, v1::Pod>, event: v1::NodePodsEvent) {
+    if event.snapshot {
+        known.clear();
+    }
+    for gone in &event.removed {
+        known.remove(&format!("{}/{}", gone.namespace, gone.name));
+    }
+    for pod in event.pods {
+        let meta = pod.metadata.clone().unwrap_or_default();
+        known.insert(format!("{}/{}", meta.namespace, meta.name), pod);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, incarnation: u64) -> v1::Pod {
+        v1::Pod {
+            metadata: Some(v1::ObjectMeta {
+                namespace: "default".into(),
+                name: name.into(),
+                ..Default::default()
+            }),
+            incarnation,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshots_replace_and_deltas_change_and_remove() {
+        let mut known = BTreeMap::new();
+        known.insert("default/stale".to_string(), pod("stale", 1));
+        let event = |pods, removed: &[&str], snapshot| v1::NodePodsEvent {
+            pods,
+            removed: removed
+                .iter()
+                .map(|n| v1::PodName {
+                    namespace: "default".into(),
+                    name: n.to_string(),
+                })
+                .collect(),
+            snapshot,
+        };
+        apply_node_pods(
+            &mut known,
+            event(vec![pod("web-0", 1), pod("web-1", 1)], &[], true),
+        );
+        assert_eq!(
+            known.keys().collect::<Vec<_>>(),
+            ["default/web-0", "default/web-1"]
+        );
+        apply_node_pods(&mut known, event(vec![pod("web-1", 2)], &["web-0"], false));
+        assert_eq!(known.keys().collect::<Vec<_>>(), ["default/web-1"]);
+        assert_eq!(known["default/web-1"].incarnation, 2);
     }
 }

@@ -1,6 +1,6 @@
 //! `petset.v1.StatefulSets`, `Pods` and `Nodes` over the domain modules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 
 use futures::Stream;
@@ -609,25 +609,34 @@ impl nodes_server::Nodes for NodesApi {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut changed = node_pods.subscribe(&node).await;
-            let mut sent: Option<Vec<v1::Pod>> = None;
+            // What the agent has, by pod key and mod revision.
+            let mut sent = HashMap::new();
+            let mut snapshot = true;
             loop {
                 // From the replica's index of pods by node: no etcd read,
-                // and only this node's pods.
+                // and only this node's pods that changed.
                 changed.borrow_and_update();
-                let now: Vec<v1::Pod> = node_pods
-                    .pods(&node)
-                    .into_iter()
-                    .map(|pod| pod_to_api(&(pod, None)))
-                    .collect();
-                if sent.as_ref() != Some(&now) {
-                    if tx
-                        .send(Ok(v1::NodePodsEvent { pods: now.clone() }))
-                        .await
-                        .is_err()
-                    {
+                let (pods, removed) = node_pods.changes(&node, &mut sent);
+                if snapshot || !pods.is_empty() || !removed.is_empty() {
+                    let event = v1::NodePodsEvent {
+                        pods: pods
+                            .into_iter()
+                            .map(|pod| pod_to_api(&(pod, None)))
+                            .collect(),
+                        removed: removed
+                            .iter()
+                            .filter_map(|key| key.split_once('/'))
+                            .map(|(namespace, name)| v1::PodName {
+                                namespace: namespace.into(),
+                                name: name.into(),
+                            })
+                            .collect(),
+                        snapshot,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
-                    sent = Some(now);
+                    snapshot = false;
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

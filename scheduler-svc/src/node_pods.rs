@@ -10,8 +10,11 @@
 //! - A node's version changes after every applied update that changed one
 //!   of its pods (a pod moving between nodes changes both), and after every
 //!   list again (compaction).
+//! - [`NodePods::changes`] gives a stream exactly the pods written since it
+//!   last asked (by mod revision) and those gone: across a re-list, pods
+//!   that did not change are not sent again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::EventType;
@@ -22,7 +25,7 @@ use tokio::sync::watch;
 use crate::records::{Keys, PodRecord};
 
 /// `<namespace>/<pod>`.
-type PodKey = String;
+pub type PodKey = String;
 
 #[derive(Debug, Default)]
 struct Index {
@@ -142,13 +145,112 @@ impl NodePods {
             .subscribe()
     }
 
-    /// `node`'s pods now, by `<namespace>/<pod>`.
-    pub fn pods(&self, node: &str) -> Vec<Versioned<PodRecord>> {
+    /// What changed among `node`'s pods since `sent` (the key and mod
+    /// revision of each pod as last sent), which is brought up to date:
+    /// the pods added or written since, and the keys of those gone.
+    pub fn changes(
+        &self,
+        node: &str,
+        sent: &mut HashMap<PodKey, i64>,
+    ) -> (Vec<Versioned<PodRecord>>, Vec<PodKey>) {
         let index = self.index.lock().expect("not poisoned");
-        index
-            .by_node
-            .get(node)
-            .map(|pods| pods.values().cloned().collect())
-            .unwrap_or_default()
+        let empty = BTreeMap::new();
+        let now = index.by_node.get(node).unwrap_or(&empty);
+        let changed: Vec<Versioned<PodRecord>> = now
+            .iter()
+            .filter(|(key, pod)| sent.get(*key) != Some(&pod.mod_revision))
+            .map(|(_, pod)| pod.clone())
+            .collect();
+        let removed: Vec<PodKey> = sent
+            .keys()
+            .filter(|key| !now.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in &removed {
+            sent.remove(key);
+        }
+        for (key, pod) in now {
+            sent.insert(key.clone(), pod.mod_revision);
+        }
+        (changed, removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use petset_core::meta::MetaInput;
+
+    use super::*;
+
+    fn pod(name: &str, node: &str, mod_revision: i64) -> Versioned<PodRecord> {
+        let meta = MetaInput {
+            namespace: "default".into(),
+            name: name.into(),
+            ..MetaInput::default()
+        }
+        .create();
+        Versioned {
+            value: PodRecord {
+                meta,
+                set_name: "web".into(),
+                ordinal: 0,
+                node: node.into(),
+                incarnation: 1,
+                revision: "web-1".into(),
+                spec: Default::default(),
+                deletion: None,
+                trace: None,
+            },
+            mod_revision,
+            create_revision: mod_revision,
+            lease: 0,
+        }
+    }
+
+    fn node_pods(pods: &[Versioned<PodRecord>]) -> NodePods {
+        let mut index = Index::default();
+        for p in pods {
+            index.insert(format!("default/{}", p.value.meta.name), p.clone());
+        }
+        NodePods {
+            index: Arc::new(Mutex::new(index)),
+            listed: watch::channel(true).1,
+        }
+    }
+
+    fn names(pods: &[Versioned<PodRecord>]) -> Vec<&str> {
+        pods.iter().map(|p| p.value.meta.name.as_str()).collect()
+    }
+
+    #[test]
+    fn changes_are_what_was_written_or_went_away_since_the_last_ask() {
+        let cache = node_pods(&[
+            pod("web-0", "a", 10),
+            pod("web-1", "a", 11),
+            pod("web-2", "b", 12),
+        ]);
+        let mut sent = HashMap::new();
+        let (pods, removed) = cache.changes("a", &mut sent);
+        assert_eq!((names(&pods), removed.len()), (vec!["web-0", "web-1"], 0));
+        let (pods, removed) = cache.changes("a", &mut sent);
+        assert!(pods.is_empty() && removed.is_empty(), "nothing changed");
+
+        // web-1 rewritten, web-0 deleted, web-2 moved from b to a.
+        {
+            let mut index = cache.index.lock().unwrap();
+            index.remove("default/web-0");
+            index.insert("default/web-1".into(), pod("web-1", "a", 20));
+            index.remove("default/web-2");
+            index.insert("default/web-2".into(), pod("web-2", "a", 21));
+        }
+        let (pods, removed) = cache.changes("a", &mut sent);
+        assert_eq!(names(&pods), vec!["web-1", "web-2"]);
+        assert_eq!(removed, vec!["default/web-0".to_string()]);
+        let mut on_b = HashMap::from([("default/web-2".to_string(), 12)]);
+        let (pods, removed) = cache.changes("b", &mut on_b);
+        assert_eq!(
+            (pods.len(), removed),
+            (0, vec!["default/web-2".to_string()])
+        );
     }
 }
