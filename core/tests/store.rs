@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use petset_core::error::Error;
+use petset_core::error::{Error, Violations};
 use petset_core::store::mirror::{Mirror, Resume, follow};
+use petset_core::store::page::{Continue, PageRequest};
 use petset_core::store::{Compare, CompareOp, PutOptions, Store, Txn, TxnOp};
 use petset_core::testing::{self, Etcd, wait_for};
 
@@ -266,4 +267,82 @@ async fn a_decoded_copy_keeps_values_with_their_revisions_and_skips_bad_ones() {
         (!copy.read()?.entries.contains_key("a")).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn pages_are_one_snapshot_and_a_compacted_token_is_refused() {
+    let store = Store::connect(&testing::shared().store_config("pages"))
+        .await
+        .unwrap();
+    let prefix = store.prefix(&["items"]);
+    for chunk in (0..1100).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| TxnOp::put(format!("{prefix}{i:05}"), "\"x\"", None))
+            .collect();
+        store.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    // Asked for more than a page holds: pages of MAX_LIMIT (500).
+    let mut page = PageRequest {
+        limit: 10_000,
+        from: None,
+    };
+    loop {
+        let read = store.list_page(&prefix, &page).await.unwrap();
+        sizes.push(read.kvs.len());
+        seen.extend(
+            read.kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+        );
+        if seen.len() == 500 {
+            // Written after the first page: not in this list.
+            put(&store, &format!("{prefix}00000-late"), "y").await;
+            store
+                .txn(Txn::new().and_then([TxnOp::delete(format!("{prefix}01099"), None)]))
+                .await
+                .unwrap();
+        }
+        let token = read.continue_token();
+        let Some(next) = read.next else { break };
+        let mut v = Violations::new();
+        page.from = Continue::parse("continue", &token, &mut v);
+        assert_eq!(page.from.as_ref(), Some(&next));
+    }
+    assert_eq!(sizes, [500, 500, 100]);
+    let expected: Vec<String> = (0..1100).map(|i| format!("{prefix}{i:05}")).collect();
+    assert_eq!(
+        seen, expected,
+        "every key once, in order, as at the first page"
+    );
+
+    // A token whose revision was compacted is refused, naming the field.
+    let first = store
+        .list_page(
+            &prefix,
+            &PageRequest {
+                limit: 10,
+                from: None,
+            },
+        )
+        .await
+        .unwrap();
+    let newest = put(&store, &format!("{prefix}zz"), "z").await;
+    store.client().compact(newest, None).await.unwrap();
+    let expired = store
+        .list_page(
+            &prefix,
+            &PageRequest {
+                limit: 10,
+                from: first.next,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&expired, Error::FailedPrecondition(m) if m.contains("continue")),
+        "{expired:?}"
+    );
 }

@@ -84,6 +84,35 @@ async fn a_burst_of_300_pods_spreads_over_3_nodes_and_no_node_gets_more_than_its
         .filter(|s| matches!(s, Seen::Started { .. }))
         .count();
     assert_eq!(started, 300);
+    // Listed in pages of 128, the pods are those of one whole list, each
+    // with its status.
+    let mut pods = cluster.pods(0);
+    let whole = pods_of(&mut pods, "web").await;
+    let (mut paged, mut token, mut pages) = (BTreeMap::new(), String::new(), 0);
+    loop {
+        let page = pods
+            .list_pods(v1::ListPodsRequest {
+                namespace: "default".into(),
+                limit: 128,
+                r#continue: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.pods.len() <= 128);
+        for pod in page.pods {
+            let name = pod.metadata.as_ref().unwrap().name.clone();
+            assert!(paged.insert(name, pod).is_none(), "a pod in two pages");
+        }
+        if page.r#continue.is_empty() {
+            break;
+        }
+        token = page.r#continue;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, whole, "the pages hold the whole list");
     // One more pod has nowhere to go, and says why.
     let mut sets = cluster.sets(0);
     sets.scale_stateful_set(v1::ScaleStatefulSetRequest {

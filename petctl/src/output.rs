@@ -12,6 +12,28 @@ use crate::kind::Kind;
 use crate::selector::Selector;
 use crate::{Clients, explain};
 
+/// The page size of lists, as kubectl's `--chunk-size` default.
+const CHUNK: i64 = 500;
+
+/// Every item of a paged list: `ask` is given each page's `continue`
+/// token (empty first) and answers the page's items and the next token.
+async fn every_page<T, F, Fut>(mut ask: F) -> Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = ask(token).await.map_err(explain)?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
+
 /// How to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -312,16 +334,21 @@ pub async fn get(
             (sets.iter().map(set_json).collect(), rows)
         }
         Kind::Pod => {
-            let pods = c
-                .pods()
-                .list_pods(v1::ListPodsRequest {
+            let client = c.pods();
+            let pods = every_page(|token| {
+                let mut client = client.clone();
+                let request = v1::ListPodsRequest {
                     namespace: ns.into(),
+                    limit: CHUNK,
+                    r#continue: token,
                     ..Default::default()
-                })
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .pods;
+                };
+                async move {
+                    let r = client.list_pods(request).await?.into_inner();
+                    Ok((r.pods, r.r#continue))
+                }
+            })
+            .await?;
             let pods: Vec<_> = pods
                 .into_iter()
                 .filter(|p| keep(&name_of(&p.metadata)))
@@ -366,17 +393,21 @@ pub async fn get(
             (pods.iter().map(pod_json).collect(), rows)
         }
         Kind::Claim => {
-            let claims = c
-                .storage()
-                .await?
-                .list_claims(v1::ListClaimsRequest {
+            let client = c.storage().await?;
+            let claims = every_page(|token| {
+                let mut client = client.clone();
+                let request = v1::ListClaimsRequest {
                     namespace: ns.into(),
+                    limit: CHUNK,
+                    r#continue: token,
                     ..Default::default()
-                })
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .claims;
+                };
+                async move {
+                    let r = client.list_claims(request).await?.into_inner();
+                    Ok((r.claims, r.r#continue))
+                }
+            })
+            .await?;
             let claims: Vec<_> = claims
                 .into_iter()
                 .filter(|x| keep(&name_of(&x.metadata)))
@@ -410,14 +441,19 @@ pub async fn get(
             (claims.iter().map(claim_json).collect(), rows)
         }
         Kind::Volume => {
-            let volumes = c
-                .storage()
-                .await?
-                .list_volumes(v1::ListVolumesRequest {})
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .volumes;
+            let client = c.storage().await?;
+            let volumes = every_page(|token| {
+                let mut client = client.clone();
+                let request = v1::ListVolumesRequest {
+                    limit: CHUNK,
+                    r#continue: token,
+                };
+                async move {
+                    let r = client.list_volumes(request).await?.into_inner();
+                    Ok((r.volumes, r.r#continue))
+                }
+            })
+            .await?;
             let volumes: Vec<_> = volumes
                 .into_iter()
                 .filter(|x| keep(&name_of(&x.metadata)))

@@ -8,6 +8,7 @@ use petset_core::error::{Error, Result, Violations};
 use petset_core::quantity::format_bytes;
 use petset_core::shutdown::CancellationToken;
 use petset_core::store::mirror::Mirror;
+use petset_core::store::page::PageRequest;
 use petset_core::store::{Store, Versioned};
 use petset_core::validate;
 use petset_proto::v1::{self, nodes_server, pods_server, stateful_sets_server};
@@ -308,17 +309,15 @@ impl pods_server::Pods for PodsApi {
         if !r.node_name.is_empty() {
             v.check("node_name", validate::dns1123_subdomain(&r.node_name));
         }
+        let page = PageRequest::parse("limit", r.limit, "continue", &r.r#continue, &mut v);
         v.into_result()?;
         let set = (!r.set_name.is_empty()).then_some(r.set_name.as_str());
         let node = (!r.node_name.is_empty()).then_some(r.node_name.as_str());
-        let pods = self
-            .pods
-            .list(ns.as_deref(), set, node)
-            .await?
-            .iter()
-            .map(pod_to_api)
-            .collect();
-        Ok(Response::new(v1::ListPodsResponse { pods }))
+        let (pods, page) = self.pods.list(ns.as_deref(), set, node, &page).await?;
+        Ok(Response::new(v1::ListPodsResponse {
+            pods: pods.iter().map(pod_to_api).collect(),
+            r#continue: page.continue_token(),
+        }))
     }
 
     async fn delete_pod(

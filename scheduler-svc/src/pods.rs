@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use petset_core::error::{Error, Result, Violations};
 use petset_core::identity::{self, IdentityRef};
 use petset_core::serve::ServiceChannel;
+use petset_core::store::page::{Page, PageRequest};
 use petset_core::store::{
     Compare, CompareOp, Store, Txn, TxnOp, Versioned, decode_or_skip, encode,
 };
@@ -138,29 +139,74 @@ impl Pods {
         ns: Option<&str>,
         set: Option<&str>,
         node: Option<&str>,
-    ) -> Result<Vec<PodWithStatus>> {
-        // Three range reads, joined here: not two reads more per pod.
-        let pods = self.records(ns, set, node).await?;
-        let under = |kind: &str| match ns {
-            Some(ns) => self.store.prefix(&[kind, ns]),
-            None => self.store.prefix(&[kind]),
+        page: &PageRequest,
+    ) -> Result<(Vec<PodWithStatus>, Page)> {
+        // Three range reads, joined here: not two reads more per pod. A
+        // page joins only the statuses and holders of its own pods, read at
+        // its revision.
+        let keys = Keys(&self.store);
+        let mut read = self.store.list_page(&keys.pods(ns), page).await?;
+        let pods: Vec<Versioned<PodRecord>> = read
+            .kvs
+            .iter()
+            .filter_map(decode_or_skip::<PodRecord>)
+            .filter(|pod| {
+                set.is_none_or(|s| s == pod.value.set_name)
+                    && node.is_none_or(|n| n == pod.value.node)
+            })
+            .collect();
+        // The caller needs only the page's revision and continue token.
+        read.kvs = Vec::new();
+        let (statuses, holders) = if page.limit == 0 {
+            let under = |kind: &str| match ns {
+                Some(ns) => self.store.prefix(&[kind, ns]),
+                None => self.store.prefix(&[kind]),
+            };
+            (
+                self.store.list_raw(&under("podstatus")).await?.0,
+                self.store.list_raw(&under("identities")).await?.0,
+            )
+        } else if let (Some(first), Some(last)) = (pods.first(), pods.last()) {
+            let status_key = |p: &Versioned<PodRecord>| {
+                keys.pod_status(&p.value.meta.namespace, &p.value.meta.name)
+            };
+            let holder_keys: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    IdentityRef {
+                        namespace: p.value.meta.namespace.clone(),
+                        set_name: p.value.set_name.clone(),
+                        ordinal: p.value.ordinal,
+                    }
+                    .holder_key(&self.store)
+                })
+                .collect();
+            let (Some(low), Some(high)) = (holder_keys.iter().min(), holder_keys.iter().max())
+            else {
+                unreachable!("the page has pods");
+            };
+            (
+                self.store
+                    .range_at(&status_key(first), &status_key(last), read.revision)
+                    .await?,
+                self.store.range_at(low, high, read.revision).await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
         };
-        let (statuses, _) = self
-            .store
-            .list::<PodStatusRecord>(&under("podstatus"))
-            .await?;
         let root = format!("{}/", self.store.root());
         let mut statuses: BTreeMap<(String, String), PodStatusRecord> = statuses
-            .into_iter()
-            .filter_map(|(key, status)| {
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
                 let (ns, name) = key
                     .get(root.len()..)?
                     .strip_prefix("podstatus/")?
                     .split_once('/')?;
+                let status = decode_or_skip::<PodStatusRecord>(kv)?;
                 Some(((ns.to_string(), name.to_string()), status.value))
             })
             .collect();
-        let (holders, _) = self.store.list_raw(&under("identities")).await?;
         let holders: BTreeMap<(String, String, u32), u64> = holders
             .iter()
             .filter_map(|kv| {
@@ -176,7 +222,7 @@ impl Pods {
                 ))
             })
             .collect();
-        Ok(pods
+        let pods = pods
             .into_iter()
             .map(|pod| {
                 let p = &pod.value;
@@ -187,7 +233,8 @@ impl Pods {
                 let status = status_from(p, reported, holder);
                 (pod, status)
             })
-            .collect())
+            .collect();
+        Ok((pods, read))
     }
 
     /// The pods themselves, without their status (one range read): what a

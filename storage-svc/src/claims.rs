@@ -32,7 +32,10 @@ use petset_core::meta::{MetaInput, Scope};
 use petset_core::names;
 use petset_core::quantity::format_bytes;
 use petset_core::selector::NodeSelector;
-use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
+use petset_core::store::page::PageRequest;
+use petset_core::store::{
+    Compare, CompareOp, Store, Txn, TxnOp, Versioned, decode_or_skip, encode,
+};
 use petset_core::validate;
 use petset_proto::v1;
 
@@ -200,19 +203,35 @@ impl Claims {
         namespace: Option<&str>,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Versioned<ClaimRecord>>> {
-        let (items, _) = self
+        Ok(self
+            .page(namespace, selector, &PageRequest::default())
+            .await?
+            .0)
+    }
+
+    /// One page of [`Claims::list`], with the token of the next (empty
+    /// after the last).
+    pub async fn page(
+        &self,
+        namespace: Option<&str>,
+        selector: &BTreeMap<String, String>,
+        page: &PageRequest,
+    ) -> Result<(Vec<Versioned<ClaimRecord>>, String)> {
+        let read = self
             .store
-            .list::<ClaimRecord>(&Keys(&self.store).claims(namespace))
+            .list_page(&Keys(&self.store).claims(namespace), page)
             .await?;
-        Ok(items
-            .into_iter()
-            .map(|(_, c)| c)
+        let claims = read
+            .kvs
+            .iter()
+            .filter_map(decode_or_skip::<ClaimRecord>)
             .filter(|c| {
                 selector
                     .iter()
                     .all(|(k, v)| c.value.meta.labels.get(k) == Some(v))
             })
-            .collect())
+            .collect();
+        Ok((claims, read.continue_token()))
     }
 
     /// Creates a claim and binds it if it can be, or updates its labels and

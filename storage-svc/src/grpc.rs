@@ -9,6 +9,7 @@ use petset_core::identity::IdentityRef;
 use petset_core::quantity::format_bytes;
 use petset_core::selector::{NodeSelector, Operator};
 use petset_core::store::Versioned;
+use petset_core::store::page::PageRequest;
 use petset_core::validate;
 use petset_proto::v1::{self, storage_server};
 use tonic::{Request, Response, Status};
@@ -275,16 +276,20 @@ impl storage_server::Storage for StorageApi {
 
     async fn list_volumes(
         &self,
-        _: Request<v1::ListVolumesRequest>,
+        request: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
-        let volumes = self
-            .volumes
-            .list()
-            .await?
-            .iter()
-            .map(|v| volume_to_api(v, &self.roots))
-            .collect();
-        Ok(Response::new(v1::ListVolumesResponse { volumes }))
+        let r = request.get_ref();
+        let mut v = Violations::new();
+        let page = PageRequest::parse("limit", r.limit, "continue", &r.r#continue, &mut v);
+        v.into_result()?;
+        let (volumes, token) = self.volumes.page(&page).await?;
+        Ok(Response::new(v1::ListVolumesResponse {
+            volumes: volumes
+                .iter()
+                .map(|v| volume_to_api(v, &self.roots))
+                .collect(),
+            r#continue: token,
+        }))
     }
 
     async fn delete_volume(
@@ -327,16 +332,14 @@ impl storage_server::Storage for StorageApi {
             v.check("namespace", validate::dns1123_label(&r.namespace));
         }
         v.check("label_selector", validate::labels(&selector));
+        let page = PageRequest::parse("limit", r.limit, "continue", &r.r#continue, &mut v);
         v.into_result()?;
         let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
-        let claims = self
-            .claims
-            .list(namespace, &selector)
-            .await?
-            .iter()
-            .map(claim_to_api)
-            .collect();
-        Ok(Response::new(v1::ListClaimsResponse { claims }))
+        let (claims, token) = self.claims.page(namespace, &selector, &page).await?;
+        Ok(Response::new(v1::ListClaimsResponse {
+            claims: claims.iter().map(claim_to_api).collect(),
+            r#continue: token,
+        }))
     }
 
     async fn delete_claim(

@@ -13,7 +13,8 @@ use petset_core::error::{Error, Result, Violations};
 use petset_core::meta::{MetaInput, Scope};
 use petset_core::selector::NodeSelector;
 use petset_core::store::mirror::Decoded;
-use petset_core::store::{Store, Versioned};
+use petset_core::store::page::PageRequest;
+use petset_core::store::{Store, Versioned, decode_or_skip};
 use petset_core::validate;
 use petset_proto::v1;
 use petset_proto::v1::persistent_volume_spec::Source;
@@ -255,11 +256,22 @@ impl Volumes {
 
     /// Every volume, by name.
     pub async fn list(&self) -> Result<Vec<Versioned<VolumeRecord>>> {
-        let (items, _) = self
+        Ok(self.page(&PageRequest::default()).await?.0)
+    }
+
+    /// One page of [`Volumes::list`], with the token of the next (empty
+    /// after the last).
+    pub async fn page(&self, page: &PageRequest) -> Result<(Vec<Versioned<VolumeRecord>>, String)> {
+        let read = self
             .store
-            .list::<VolumeRecord>(&Keys(&self.store).volumes())
+            .list_page(&Keys(&self.store).volumes(), page)
             .await?;
-        Ok(items.into_iter().map(|(_, v)| v).collect())
+        let volumes = read
+            .kvs
+            .iter()
+            .filter_map(decode_or_skip::<VolumeRecord>)
+            .collect();
+        Ok((volumes, read.continue_token()))
     }
 
     /// Creates or updates a static volume.

@@ -68,6 +68,7 @@ async fn data_of_ordinal_1_survives_scale_down_and_returns_on_the_same_claim_and
         .list_claims(v1::ListClaimsRequest {
             namespace: "default".into(),
             label_selector: HashMap::from([("petset.io/set".to_string(), "kubia".to_string())]),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -198,7 +199,7 @@ async fn fifty_concurrent_ensures_for_one_ordinal_make_one_claim_and_one_volume(
         .into_inner()
         .claims;
     let volumes = client
-        .list_volumes(v1::ListVolumesRequest {})
+        .list_volumes(v1::ListVolumesRequest::default())
         .await
         .unwrap()
         .into_inner()

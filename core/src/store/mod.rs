@@ -19,6 +19,7 @@
 mod endpoints;
 pub mod leases;
 pub mod mirror;
+pub mod page;
 
 use std::time::Duration;
 

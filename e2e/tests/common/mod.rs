@@ -584,7 +584,7 @@ pub async fn pods_of(pods: &mut PodsClient<Channel>, set: &str) -> BTreeMap<Stri
     pods.list_pods(v1::ListPodsRequest {
         namespace: "default".into(),
         set_name: set.into(),
-        node_name: String::new(),
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner().pods)

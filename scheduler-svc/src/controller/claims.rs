@@ -23,6 +23,7 @@ impl SetPass<'_> {
             .list_claims(v1::ListClaimsRequest {
                 namespace: self.ns.to_string(),
                 label_selector: [(SET_LABEL.to_string(), self.name.to_string())].into(),
+                ..Default::default()
             })
             .await
             .map_err(status_to_error)?
