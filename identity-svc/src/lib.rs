@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use petset_core::lease_service::LeaseService;
 use petset_core::serve::ServiceHost;
 use petset_core::shutdown::CancellationToken;
-use petset_core::store::mirror::Mirror;
+use petset_core::store::mirror::Decoded;
 use petset_core::store::{Store, StoreConfig};
 use petset_proto::v1::{identities_server::IdentitiesServer, services_server::ServicesServer};
 use tokio::net::{TcpListener, UdpSocket};
@@ -122,8 +122,8 @@ impl Server {
         let keys = Keys(&store);
         let handler = dns::DnsHandler::follow(
             zone.clone(),
-            Mirror::spawn(&store, keys.services(None)),
-            Mirror::spawn(&store, keys.endpoints(None)),
+            Decoded::spawn(&store, keys.services(None)),
+            Decoded::spawn(&store, keys.endpoints(None)),
             shutdown.clone(),
         );
         tracing::info!(

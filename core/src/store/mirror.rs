@@ -367,6 +367,7 @@ impl Backoff {
 pub struct Decoded<T> {
     snapshot: Arc<RwLock<DecodedSnapshot<T>>>,
     listed: watch::Receiver<bool>,
+    revision: watch::Receiver<i64>,
 }
 
 impl<T> Clone for Decoded<T> {
@@ -374,6 +375,7 @@ impl<T> Clone for Decoded<T> {
         Decoded {
             snapshot: self.snapshot.clone(),
             listed: self.listed.clone(),
+            revision: self.revision.clone(),
         }
     }
 }
@@ -397,13 +399,14 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Decoded<T> {
             entries: BTreeMap::new(),
         }));
         let (listed_tx, listed) = watch::channel(false);
+        let (revision_tx, revision) = watch::channel(0);
         let mut updates = reflect(store, prefix.clone());
         let weak = Arc::downgrade(&snapshot);
         tokio::spawn(async move {
             while let Some(update) = updates.recv().await {
                 let Some(shared) = weak.upgrade() else { return };
                 let first = matches!(update, Update::Listed { .. });
-                {
+                let now = {
                     let mut copy = shared.write().unwrap_or_else(|p| p.into_inner());
                     let copy = &mut *copy;
                     apply_update(
@@ -413,13 +416,27 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Decoded<T> {
                         update,
                         super::decode_or_skip::<T>,
                     );
-                }
+                    copy.revision
+                };
                 if first {
                     listed_tx.send_replace(true);
                 }
+                revision_tx.send_if_modified(|r| std::mem::replace(r, now) != now);
             }
         });
-        Decoded { snapshot, listed }
+        Decoded {
+            snapshot,
+            listed,
+            revision,
+        }
+    }
+}
+
+impl<T> Decoded<T> {
+    /// A receiver that sees the copy's revision after each change (and
+    /// after the first list).
+    pub fn changed(&self) -> watch::Receiver<i64> {
+        self.revision.clone()
     }
 
     /// The copy now, once the prefix has been listed; `None` before.

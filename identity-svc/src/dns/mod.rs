@@ -14,8 +14,9 @@
 //! never resolves for others.
 //!
 //! # Guarantees
-//! - Answers come from an in-memory [`ZoneIndex`] rebuilt from watch-fed
-//!   mirrors of etcd after each change, so every replica follows etcd within
+//! - Answers come from an in-memory [`ZoneIndex`] rebuilt after each
+//!   change from watch-fed decoded copies of etcd (`Decoded`: each record
+//!   decoded once, when it changes), so every replica follows etcd within
 //!   one watch round trip and answers without touching etcd.
 //! - [`resolve`] is a pure function of the index and the question.
 
@@ -27,7 +28,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use petset_core::shutdown::CancellationToken;
-use petset_core::store::mirror::Mirror;
+use petset_core::store::mirror::Decoded;
 
 use crate::endpoints::{published, sort_peers, target_port};
 use crate::names::Zone;
@@ -442,13 +443,13 @@ pub struct DnsHandler {
 }
 
 impl DnsHandler {
-    /// Follows `services` and `endpoints` (mirrors of the store's
+    /// Follows `services` and `endpoints` (decoded copies of the store's
     /// `services/` and `endpoints/` prefixes), rebuilding the index after
     /// each change until `shutdown`.
     pub fn follow(
         zone: Zone,
-        services: Mirror,
-        endpoints: Mirror,
+        services: Decoded<ServiceRecord>,
+        endpoints: Decoded<EndpointRecord>,
         shutdown: CancellationToken,
     ) -> DnsHandler {
         let index = Arc::new(RwLock::new(Arc::new(ZoneIndex::build(&zone, 0, [], []))));
@@ -475,36 +476,24 @@ impl DnsHandler {
     }
 }
 
-fn build_from(zone: &Zone, services: &Mirror, endpoints: &Mirror) -> ZoneIndex {
-    let decode = |mirror: &Mirror| {
-        let snapshot = mirror.read();
-        (
-            snapshot.revision,
-            snapshot.entries.values().cloned().collect::<Vec<_>>(),
-        )
-    };
-    let (services_revision, services) = decode(services);
-    let (endpoints_revision, endpoints) = decode(endpoints);
-    let services =
-        services
-            .iter()
-            .filter_map(|raw| match serde_json::from_slice::<ServiceRecord>(raw) {
-                Ok(record) => Some(record),
-                Err(error) => {
-                    tracing::error!(%error, "a stored service does not decode; DNS skips it");
-                    None
-                }
-            });
-    let endpoints =
-        endpoints
-            .iter()
-            .filter_map(|raw| match serde_json::from_slice::<EndpointRecord>(raw) {
-                Ok(record) => Some(record),
-                Err(error) => {
-                    tracing::error!(%error, "a stored endpoint does not decode; DNS skips it");
-                    None
-                }
-            });
+fn build_from(
+    zone: &Zone,
+    services: &Decoded<ServiceRecord>,
+    endpoints: &Decoded<EndpointRecord>,
+) -> ZoneIndex {
+    // Each record was decoded once, when it changed: a rebuild decodes
+    // nothing (with thousands of endpoints, decoding all of them per
+    // change was identity-svc's largest cost).
+    fn values<T: Clone>(copy: &Decoded<T>) -> (i64, Vec<T>) {
+        copy.read().map_or((0, Vec::new()), |snapshot| {
+            (
+                snapshot.revision,
+                snapshot.entries.values().map(|v| v.value.clone()).collect(),
+            )
+        })
+    }
+    let (services_revision, services) = values(services);
+    let (endpoints_revision, endpoints) = values(endpoints);
     ZoneIndex::build(
         zone,
         services_revision.max(endpoints_revision),
