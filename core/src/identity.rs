@@ -140,7 +140,21 @@ pub async fn current_holder(
     r: &IdentityRef,
     incarnation: u64,
 ) -> Result<Versioned<HolderRecord>> {
-    let Some(current) = store.get::<HolderRecord>(&r.holder_key(store)).await? else {
+    held_by(
+        r,
+        store.get::<HolderRecord>(&r.holder_key(store)).await?,
+        incarnation,
+    )
+}
+
+/// `current` (the identity's holder key as read) if it is held by
+/// `incarnation`; FAILED_PRECONDITION saying why not otherwise.
+pub fn held_by(
+    r: &IdentityRef,
+    current: Option<Versioned<HolderRecord>>,
+    incarnation: u64,
+) -> Result<Versioned<HolderRecord>> {
+    let Some(current) = current else {
         return Err(Error::FailedPrecondition(format!(
             "identity {r} is not held (released, or its holder's lease expired); incarnation {incarnation} \
              may no longer act for it: issue it again"

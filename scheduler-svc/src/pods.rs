@@ -18,7 +18,7 @@ use petset_core::identity::{self, IdentityRef};
 use petset_core::serve::ServiceChannel;
 use petset_core::store::page::{Page, PageRequest};
 use petset_core::store::{
-    Compare, CompareOp, Store, Txn, TxnOp, Versioned, decode_or_skip, encode,
+    Compare, CompareOp, Store, Txn, TxnOp, Versioned, decode, decode_or_skip, encode,
 };
 use petset_core::validate;
 use petset_proto::v1;
@@ -97,38 +97,61 @@ impl Pods {
     /// The pod's reported status for its incarnation; `Unknown` (not
     /// ready) once its identity is no longer held by that incarnation: its
     /// node lost its lease or it was stopped, whatever it reported last.
-    async fn status_of(&self, pod: &PodRecord) -> Result<Option<PodStatusRecord>> {
-        let reported = self
-            .store
-            .get::<PodStatusRecord>(
-                &Keys(&self.store).pod_status(&pod.meta.namespace, &pod.meta.name),
-            )
-            .await?
+    /// The pod, its reported status and its identity's holder key, all
+    /// read in one round trip at one revision (the holder's key follows
+    /// from the pod's name `<set>-<ordinal>`; checked against the record,
+    /// and read again apart only if the two disagreed).
+    async fn read_with_status(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<(
+        Versioned<PodRecord>,
+        Option<PodStatusRecord>,
+        Option<Versioned<identity::HolderRecord>>,
+    )> {
+        let keys = Keys(&self.store);
+        let guessed = name.rsplit_once('-').and_then(|(set, ordinal)| {
+            Some(IdentityRef {
+                namespace: ns.into(),
+                set_name: set.into(),
+                ordinal: ordinal.parse().ok()?,
+            })
+        });
+        let mut wanted = vec![keys.pod(ns, name), keys.pod_status(ns, name)];
+        wanted.extend(guessed.iter().map(|r| r.holder_key(&self.store)));
+        let mut read = self.store.get_raw_many(&wanted).await?.into_iter();
+        let Some(pod) = read.next().flatten() else {
+            return Err(Error::NotFound {
+                kind: "pod",
+                name: format!("{ns}/{name}"),
+            });
+        };
+        let pod: Versioned<PodRecord> = decode(&pod)?;
+        let reported = read
+            .next()
+            .flatten()
+            .and_then(|kv| decode_or_skip::<PodStatusRecord>(&kv))
             .map(|s| s.value);
         let reference = IdentityRef {
-            namespace: pod.meta.namespace.clone(),
-            set_name: pod.set_name.clone(),
-            ordinal: pod.ordinal,
+            namespace: ns.into(),
+            set_name: pod.value.set_name.clone(),
+            ordinal: pod.value.ordinal,
         };
-        let holder = self
-            .store
-            .get::<identity::HolderRecord>(&reference.holder_key(&self.store))
-            .await?
-            .map(|h| h.value.incarnation);
-        Ok(status_from(pod, reported, holder))
+        let holder = if guessed.as_ref() == Some(&reference) {
+            read.next()
+                .flatten()
+                .and_then(|kv| decode_or_skip::<identity::HolderRecord>(&kv))
+        } else {
+            self.store.get(&reference.holder_key(&self.store)).await?
+        };
+        Ok((pod, reported, holder))
     }
 
     /// Reads one pod.
     pub async fn get(&self, ns: &str, name: &str) -> Result<PodWithStatus> {
-        let pod: Versioned<PodRecord> = self
-            .store
-            .fetch(
-                &Keys(&self.store).pod(ns, name),
-                "pod",
-                format!("{ns}/{name}"),
-            )
-            .await?;
-        let status = self.status_of(&pod.value).await?;
+        let (pod, reported, holder) = self.read_with_status(ns, name).await?;
+        let status = status_from(&pod.value, reported, holder.map(|h| h.value.incarnation));
         Ok((pod, status))
     }
 
@@ -375,7 +398,13 @@ impl Pods {
         }
         v.into_result()?;
         let keys = Keys(&self.store);
-        let (pod, previous) = self.get(ns, name).await?;
+        // One read (pod, status, holder), then the guarded write.
+        let (pod, reported, holder) = self.read_with_status(ns, name).await?;
+        let previous = status_from(
+            &pod.value,
+            reported,
+            holder.as_ref().map(|h| h.value.incarnation),
+        );
         if pod.value.incarnation != incarnation {
             return Err(Error::FailedPrecondition(format!(
                 "stale incarnation {incarnation} for pod {ns}/{name}: the pod runs as incarnation {}",
@@ -387,7 +416,7 @@ impl Pods {
             set_name: pod.value.set_name.clone(),
             ordinal: pod.value.ordinal,
         };
-        let holder = identity::current_holder(&self.store, &reference, incarnation).await?;
+        let holder = identity::held_by(&reference, holder, incarnation)?;
         let now = SystemTime::now();
         let ready_since = match (&previous, status.ready) {
             (_, false) => None,

@@ -140,6 +140,22 @@ impl Store {
         response.kvs().first().map(decode).transpose()
     }
 
+    /// Reads several keys in one round trip, all at one revision (one
+    /// transaction of gets), undecoded so that each may be of its own type:
+    /// each key's value in order, `None` where it is absent.
+    pub async fn get_raw_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let response = self.txn(Txn::new().and_then(ops)).await?;
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Reads one key that must exist: [`Error::NotFound`] naming `kind` and
     /// `name` when it does not.
     pub async fn fetch<T: DeserializeOwned>(
