@@ -30,10 +30,10 @@ pub enum Decision {
 }
 
 /// Decides for `claim` of `class` among `volumes`, for a pod on `node`.
-pub fn decide(
+pub fn decide<'a>(
     claim: &ClaimRecord,
     class: Option<&ClassRecord>,
-    volumes: &[VolumeRecord],
+    volumes: impl Iterator<Item = &'a VolumeRecord> + Clone,
     node: Option<&str>,
 ) -> Decision {
     let class_name = claim.class_name();
@@ -53,7 +53,7 @@ pub fn decide(
     // is not known yet.
     let node = node.filter(|_| wait_for_consumer);
     if !claim.wanted_volume.is_empty() {
-        let Some(volume) = volumes.iter().find(|v| v.meta.name == claim.wanted_volume) else {
+        let Some(volume) = volumes.clone().find(|v| v.meta.name == claim.wanted_volume) else {
             return Decision::Wait(format!("volume {:?} does not exist", claim.wanted_volume));
         };
         return match mismatch(claim, volume, node) {
@@ -61,13 +61,12 @@ pub fn decide(
             Some(why) => Decision::Wait(format!("volume {:?} {why}", claim.wanted_volume)),
         };
     }
-    if let Some(volume) = volumes.iter().find(|v| {
+    if let Some(volume) = volumes.clone().find(|v| {
         v.claim_ref.as_ref().is_some_and(|r| claim.is(r)) && mismatch(claim, v, node).is_none()
     }) {
         return Decision::Bind(volume.meta.name.clone());
     }
     let best = volumes
-        .iter()
         .filter(|v| mismatch(claim, v, node).is_none())
         .min_by(|a, b| (a.capacity, &a.meta.name).cmp(&(b.capacity, &b.meta.name)));
     if let Some(volume) = best {
@@ -220,11 +219,11 @@ mod tests {
             volume("pv-b", "", 1),
         ];
         assert_eq!(
-            decide(&claim(Some(""), 1), None, &volumes, None),
+            decide(&claim(Some(""), 1), None, volumes.iter(), None),
             Decision::Bind("pv-a".into())
         );
         assert_eq!(
-            decide(&claim(None, 2), None, &volumes, None),
+            decide(&claim(None, 2), None, volumes.iter(), None),
             Decision::Bind("pv-c".into())
         );
     }
@@ -232,7 +231,7 @@ mod tests {
     #[test]
     fn too_small_or_wrong_class_never_binds() {
         let volumes = [volume("small", "", 1), volume("other-class", "slow", 100)];
-        let Decision::Wait(why) = decide(&claim(Some(""), 2), None, &volumes, None) else {
+        let Decision::Wait(why) = decide(&claim(Some(""), 2), None, volumes.iter(), None) else {
             panic!("bound something");
         };
         assert!(why.contains("no Available volume"), "{why}");
@@ -253,7 +252,7 @@ mod tests {
         let mut c = claim(Some(""), 1);
         c.access_modes = vec![AccessMode::ReadWriteMany];
         assert!(matches!(
-            decide(&c, None, &[volume("pv-a", "", 1)], None),
+            decide(&c, None, [volume("pv-a", "", 1)].iter(), None),
             Decision::Wait(_)
         ));
     }
@@ -268,18 +267,18 @@ mod tests {
         });
         let volumes = [volume("pv-a", "", 1), reserved.clone()];
         assert_eq!(
-            decide(&claim(Some(""), 1), None, &volumes, None),
+            decide(&claim(Some(""), 1), None, volumes.iter(), None),
             Decision::Bind("reserved".into())
         );
         let mut other = claim(Some(""), 1);
         other.meta.name = "other".into();
         assert_eq!(
-            decide(&other, None, &volumes, None),
+            decide(&other, None, volumes.iter(), None),
             Decision::Bind("pv-a".into())
         );
         other.wanted_volume = "reserved".into();
         assert!(
-            matches!(decide(&other, None, &volumes, None), Decision::Wait(w) if w.contains("reserved for another"))
+            matches!(decide(&other, None, volumes.iter(), None), Decision::Wait(w) if w.contains("reserved for another"))
         );
     }
 
@@ -288,29 +287,29 @@ mod tests {
         let local = class(Provisioner::NodeLocal, BindingMode::WaitForFirstConsumer);
         let c = claim(Some("fast"), 1);
         assert!(
-            matches!(decide(&c, Some(&local), &[], None), Decision::Wait(w) if w.contains("first consumer"))
+            matches!(decide(&c, Some(&local), std::iter::empty(), None), Decision::Wait(w) if w.contains("first consumer"))
         );
         assert_eq!(
-            decide(&c, Some(&local), &[], Some("n1")),
+            decide(&c, Some(&local), std::iter::empty(), Some("n1")),
             Decision::Provision
         );
         let mut pinned = volume("local-n2", "fast", 1);
         pinned.node_affinity = Some(NodeSelector::hostname("n2"));
         assert_eq!(
-            decide(&c, Some(&local), std::slice::from_ref(&pinned), Some("n1")),
+            decide(&c, Some(&local), std::iter::once(&pinned), Some("n1")),
             Decision::Provision
         );
         assert_eq!(
-            decide(&c, Some(&local), std::slice::from_ref(&pinned), Some("n2")),
+            decide(&c, Some(&local), std::iter::once(&pinned), Some("n2")),
             Decision::Bind("local-n2".into())
         );
         let none = class(Provisioner::NoProvisioner, BindingMode::Immediate);
         assert!(matches!(
-            decide(&c, Some(&none), &[], None),
+            decide(&c, Some(&none), std::iter::empty(), None),
             Decision::Wait(_)
         ));
         assert!(
-            matches!(decide(&c, None, &[], None), Decision::Wait(w) if w.contains("does not exist"))
+            matches!(decide(&c, None, std::iter::empty(), None), Decision::Wait(w) if w.contains("does not exist"))
         );
     }
 }

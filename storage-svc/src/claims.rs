@@ -403,16 +403,24 @@ impl Claims {
                     Err(e) => return Err(e),
                 },
             };
-            // The first round chooses from the watch-fed copy; a round
-            // after a lost race reads etcd.
-            let volumes = self.volumes.for_binding(round > 0).await?;
-            let records: Vec<VolumeRecord> = volumes.iter().map(|v| v.value.clone()).collect();
-            match binder::decide(&record, class.as_ref(), &records, node) {
-                Decision::Bind(name) => {
-                    let volume = volumes
-                        .into_iter()
-                        .find(|v| v.value.meta.name == name)
-                        .expect("the binder picks from the list");
+            // The first round chooses from the watch-fed copy, under its
+            // lock, cloning only the volume chosen; a round after a lost
+            // race reads etcd.
+            let cached = self
+                .volumes
+                .copy()
+                .filter(|_| round == 0)
+                .map(|copy| decide_over(&record, class.as_ref(), node, copy.entries.values()));
+            let (decision, chosen) = match cached {
+                Some(decided) => decided,
+                None => {
+                    let volumes = self.volumes.list().await?;
+                    decide_over(&record, class.as_ref(), node, volumes.iter())
+                }
+            };
+            match decision {
+                Decision::Bind(_) => {
+                    let volume = chosen.expect("the binder picks from the list");
                     if let Some(binding) = self.bind(&record, over.as_ref(), volume, None).await? {
                         return Ok(binding);
                     }
@@ -678,4 +686,23 @@ pub fn check_node(claim: &ClaimRecord, volume: &VolumeRecord, node: &str) -> Res
         ))),
         _ => Ok(()),
     }
+}
+
+/// [`binder::decide`] over `volumes`, with the volume it chose to bind,
+/// cloned alone.
+fn decide_over<'a>(
+    claim: &ClaimRecord,
+    class: Option<&ClassRecord>,
+    node: Option<&str>,
+    volumes: impl Iterator<Item = &'a Versioned<VolumeRecord>> + Clone,
+) -> (Decision, Option<Versioned<VolumeRecord>>) {
+    let decision = binder::decide(claim, class, volumes.clone().map(|v| &v.value), node);
+    let chosen = match &decision {
+        Decision::Bind(name) => volumes
+            .into_iter()
+            .find(|v| &v.value.meta.name == name)
+            .cloned(),
+        _ => None,
+    };
+    (decision, chosen)
 }

@@ -7,12 +7,13 @@
 //!   move a volume between phases.
 //! - A bound volume is not deleted (its claim must go first).
 
+use std::sync::RwLockReadGuard;
 use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
 use petset_core::meta::{MetaInput, Scope};
 use petset_core::selector::NodeSelector;
-use petset_core::store::mirror::Decoded;
+use petset_core::store::mirror::{Decoded, DecodedSnapshot};
 use petset_core::store::page::PageRequest;
 use petset_core::store::{Store, Versioned, decode_or_skip};
 use petset_core::validate;
@@ -235,16 +236,14 @@ impl Volumes {
         }
     }
 
-    /// Every volume, for the binder to choose from: from the watch-fed
-    /// copy (no etcd read, no decoding) unless `fresh` or there is none
-    /// yet. The binder's transaction compares each volume's revision, so a
-    /// copy a moment old costs a retry, never a wrong binding; the retry
-    /// asks `fresh`.
-    pub async fn for_binding(&self, fresh: bool) -> Result<Vec<Versioned<VolumeRecord>>> {
-        if !fresh && let Some(copy) = self.cache.as_ref().and_then(Decoded::read) {
-            return Ok(copy.entries.values().cloned().collect());
-        }
-        self.list().await
+    /// The watch-fed copy of every volume, for the binder to choose from
+    /// without an etcd read, a decode or a clone of each volume; `None`
+    /// before it was listed (or without one). The binder's transaction
+    /// compares the chosen volume's revision, so a copy a moment old costs
+    /// a retry, never a wrong binding; the retry reads etcd. Hold the guard
+    /// briefly: the watch waits on it.
+    pub fn copy(&self) -> Option<RwLockReadGuard<'_, DecodedSnapshot<VolumeRecord>>> {
+        self.cache.as_ref().and_then(Decoded::read)
     }
 
     /// Reads one volume.
