@@ -185,6 +185,40 @@ async fn a_store_past_the_4_mib_message_limit_reconciles() {
     let (kvs, _) = store.list_raw(&store.prefix(&[])).await.unwrap();
     let stored: usize = kvs.iter().map(|kv| kv.value().len()).sum();
     assert!(stored > 4 << 20, "{stored} bytes stored");
+    // The sets list in pages of 5 (5, 5, 2), each with its status, as
+    // they list whole.
+    let whole = sets
+        .list_stateful_sets(v1::ListStatefulSetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stateful_sets;
+    let (mut paged, mut sizes, mut token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = sets
+            .list_stateful_sets(v1::ListStatefulSetsRequest {
+                namespace: "default".into(),
+                limit: 5,
+                r#continue: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sizes.push(page.stateful_sets.len());
+        paged.extend(page.stateful_sets);
+        if page.r#continue.is_empty() {
+            break;
+        }
+        token = page.r#continue;
+    }
+    assert_eq!(sizes, [5, 5, 2]);
+    assert_eq!(paged, whole);
+    assert!(
+        paged
+            .iter()
+            .all(|s| s.status.as_ref().is_some_and(|st| st.ready_replicas == 2)),
+        "every set with its status"
+    );
     // And the controller still follows changes: a scale-up of the last set.
     sets.scale_stateful_set(v1::ScaleStatefulSetRequest {
         namespace: "default".into(),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use petset_core::error::{Error, Violations};
 use petset_core::store::Versioned;
+use petset_core::store::page::PageRequest;
 use petset_proto::v1::{self, identities_server, services_server};
 use tonic::{Request, Response, Status};
 
@@ -339,24 +340,22 @@ impl services_server::Services for ServicesApi {
         &self,
         request: Request<v1::ListServicesRequest>,
     ) -> Result<Response<v1::ListServicesResponse>, Status> {
-        let namespace = request.into_inner().namespace;
-        if !namespace.is_empty() {
-            let mut v = Violations::new();
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        if !r.namespace.is_empty() {
             v.check(
                 "namespace",
-                petset_core::validate::dns1123_label(&namespace),
+                petset_core::validate::dns1123_label(&r.namespace),
             );
-            v.into_result()?;
         }
-        let namespace = (!namespace.is_empty()).then_some(namespace.as_str());
-        let services = self
-            .services
-            .list(namespace)
-            .await?
-            .iter()
-            .map(service_to_api)
-            .collect();
-        Ok(Response::new(v1::ListServicesResponse { services }))
+        let page = PageRequest::parse("limit", r.limit, "continue", &r.r#continue, &mut v);
+        v.into_result()?;
+        let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
+        let (services, token) = self.services.page(namespace, &page).await?;
+        Ok(Response::new(v1::ListServicesResponse {
+            services: services.iter().map(service_to_api).collect(),
+            r#continue: token,
+        }))
     }
 
     async fn delete_service(

@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
-use petset_core::store::{Compare, CompareOp, Store, Txn, TxnOp, Versioned, encode};
+use petset_core::store::page::PageRequest;
+use petset_core::store::{
+    Compare, CompareOp, Store, Txn, TxnOp, Versioned, decode_or_skip, encode,
+};
 use petset_core::{meta, validate};
 use petset_proto::v1;
 
@@ -310,11 +313,26 @@ impl Services {
 
     /// Lists the services of one namespace, or of all.
     pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<Versioned<ServiceRecord>>> {
-        let (items, _) = self
+        Ok(self.page(namespace, &PageRequest::default()).await?.0)
+    }
+
+    /// One page of [`Services::list`], with the token of the next (empty
+    /// after the last).
+    pub async fn page(
+        &self,
+        namespace: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<(Vec<Versioned<ServiceRecord>>, String)> {
+        let read = self
             .store
-            .list::<ServiceRecord>(&Keys(&self.store).services(namespace))
+            .list_page(&Keys(&self.store).services(namespace), page)
             .await?;
-        Ok(items.into_iter().map(|(_, v)| v).collect())
+        let services = read
+            .kvs
+            .iter()
+            .filter_map(decode_or_skip::<ServiceRecord>)
+            .collect();
+        Ok((services, read.continue_token()))
     }
 
     /// Deletes a service; `NotFound` if there is none.

@@ -615,9 +615,7 @@ async fn services_keep_uid_and_count_generations() {
         .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted);
     let listed = services
-        .list_services(v1::ListServicesRequest {
-            namespace: String::new(),
-        })
+        .list_services(v1::ListServicesRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -283,15 +283,20 @@ pub async fn get(
     let keep = |n: &str| name.is_none_or(|want| want == n);
     let (items, mut rows): (Vec<Value>, Vec<Vec<String>>) = match resource {
         Kind::StatefulSet => {
-            let sets = c
-                .sets()
-                .list_stateful_sets(v1::ListStatefulSetsRequest {
+            let client = c.sets();
+            let sets = every_page(|token| {
+                let mut client = client.clone();
+                let request = v1::ListStatefulSetsRequest {
                     namespace: ns.into(),
-                })
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .stateful_sets;
+                    limit: CHUNK,
+                    r#continue: token,
+                };
+                async move {
+                    let r = client.list_stateful_sets(request).await?.into_inner();
+                    Ok((r.stateful_sets, r.r#continue))
+                }
+            })
+            .await?;
             let sets: Vec<_> = sets
                 .into_iter()
                 .filter(|s| keep(&name_of(&s.metadata)))
@@ -518,16 +523,20 @@ pub async fn get(
             (nodes.iter().map(node_json).collect(), rows)
         }
         Kind::Service => {
-            let services = c
-                .services()
-                .await?
-                .list_services(v1::ListServicesRequest {
+            let client = c.services().await?;
+            let services = every_page(|token| {
+                let mut client = client.clone();
+                let request = v1::ListServicesRequest {
                     namespace: ns.into(),
-                })
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .services;
+                    limit: CHUNK,
+                    r#continue: token,
+                };
+                async move {
+                    let r = client.list_services(request).await?.into_inner();
+                    Ok((r.services, r.r#continue))
+                }
+            })
+            .await?;
             let services: Vec<_> = services
                 .into_iter()
                 .filter(|s| keep(&name_of(&s.metadata)))

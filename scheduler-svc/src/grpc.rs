@@ -155,16 +155,15 @@ impl stateful_sets_server::StatefulSets for StatefulSetsApi {
         &self,
         request: Request<v1::ListStatefulSetsRequest>,
     ) -> Result<Response<v1::ListStatefulSetsResponse>, Status> {
-        let ns = namespace_filter(&request.get_ref().namespace)?;
-        let stateful_sets = self
-            .sets
-            .list(ns.as_deref())
-            .await?
-            .iter()
-            .map(set_to_api)
-            .collect();
+        let r = request.get_ref();
+        let ns = namespace_filter(&r.namespace)?;
+        let mut v = Violations::new();
+        let page = PageRequest::parse("limit", r.limit, "continue", &r.r#continue, &mut v);
+        v.into_result()?;
+        let (sets, token) = self.sets.page(ns.as_deref(), &page).await?;
         Ok(Response::new(v1::ListStatefulSetsResponse {
-            stateful_sets,
+            stateful_sets: sets.iter().map(set_to_api).collect(),
+            r#continue: token,
         }))
     }
 

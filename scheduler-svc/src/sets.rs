@@ -15,7 +15,8 @@ use std::path::{Component, Path};
 use petset_core::error::{Error, Result, Violations};
 use petset_core::meta::{MetaInput, Scope};
 use petset_core::quantity::Quantity;
-use petset_core::store::{Store, Versioned};
+use petset_core::store::page::PageRequest;
+use petset_core::store::{Store, Versioned, decode_or_skip};
 use petset_core::validate;
 use petset_proto::v1;
 
@@ -592,20 +593,56 @@ impl Sets {
 
     /// The sets of a namespace (all when `None`), with their status.
     pub async fn list(&self, ns: Option<&str>) -> Result<Vec<SetWithStatus>> {
+        Ok(self.page(ns, &PageRequest::default()).await?.0)
+    }
+
+    /// One page of [`Sets::list`], with the token of the next (empty after
+    /// the last): two range reads (the sets, then their statuses at the
+    /// same revision), not one read more per set.
+    pub async fn page(
+        &self,
+        ns: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<(Vec<SetWithStatus>, String)> {
         let keys = Keys(&self.store);
-        let (sets, _) = self.store.list::<SetRecord>(&keys.sets(ns)).await?;
-        let mut out = Vec::new();
-        for (_, set) in sets {
-            let status = self
-                .store
-                .get::<SetStatusRecord>(
-                    &keys.status(&set.value.meta.namespace, &set.value.meta.name),
-                )
-                .await?
-                .map(|s| s.value);
-            out.push((set, status));
-        }
-        Ok(out)
+        let read = self.store.list_page(&keys.sets(ns), page).await?;
+        let sets: Vec<Versioned<SetRecord>> = read
+            .kvs
+            .iter()
+            .filter_map(decode_or_skip::<SetRecord>)
+            .collect();
+        let status_key =
+            |s: &Versioned<SetRecord>| keys.status(&s.value.meta.namespace, &s.value.meta.name);
+        let statuses = match (sets.first(), sets.last()) {
+            _ if page.limit == 0 => {
+                let under = match ns {
+                    Some(ns) => self.store.prefix(&["setstatus", ns]),
+                    None => self.store.prefix(&["setstatus"]),
+                };
+                self.store.list_raw(&under).await?.0
+            }
+            (Some(first), Some(last)) => {
+                self.store
+                    .range_at(&status_key(first), &status_key(last), read.revision)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let mut statuses: BTreeMap<String, SetStatusRecord> = statuses
+            .iter()
+            .filter_map(|kv| {
+                let status = decode_or_skip::<SetStatusRecord>(kv)?;
+                Some((String::from_utf8_lossy(kv.key()).into_owned(), status.value))
+            })
+            .collect();
+        let sets = sets
+            .into_iter()
+            .map(|set| {
+                let status = statuses.remove(&status_key(&set));
+                (set, status)
+            })
+            .collect();
+        Ok((sets, read.continue_token()))
     }
 
     /// Creates or updates a set.

@@ -25,7 +25,10 @@ use std::time::SystemTime;
 
 use petset_core::error::{Error, Result, Violations};
 use petset_core::identity::{self, IdentityRef};
-use petset_core::store::{Compare, CompareOp, PutOptions, Store, Txn, TxnOp, Versioned, encode};
+use petset_core::store::page::PageRequest;
+use petset_core::store::{
+    Compare, CompareOp, PutOptions, Store, Txn, TxnOp, Versioned, decode_or_skip, encode,
+};
 use petset_core::validate;
 
 use crate::claims::check_node;
@@ -280,11 +283,27 @@ impl Attacher {
 
     /// Attachments of one volume, or all.
     pub async fn list(&self, volume: Option<&str>) -> Result<Vec<AttachmentRecord>> {
-        let (items, _) = self
+        Ok(self.page(volume, &PageRequest::default()).await?.0)
+    }
+
+    /// One page of [`Attacher::list`], with the token of the next (empty
+    /// after the last).
+    pub async fn page(
+        &self,
+        volume: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<(Vec<AttachmentRecord>, String)> {
+        let read = self
             .store
-            .list::<AttachmentRecord>(&Keys(&self.store).attachments(volume))
+            .list_page(&Keys(&self.store).attachments(volume), page)
             .await?;
-        Ok(items.into_iter().map(|(_, a)| a.value).collect())
+        let attachments = read
+            .kvs
+            .iter()
+            .filter_map(decode_or_skip::<AttachmentRecord>)
+            .map(|a| a.value)
+            .collect();
+        Ok((attachments, read.continue_token()))
     }
 }
 

@@ -405,17 +405,21 @@ impl storage_server::Storage for StorageApi {
         &self,
         request: Request<v1::ListAttachmentsRequest>,
     ) -> Result<Response<v1::ListAttachmentsResponse>, Status> {
-        let volume = request.get_ref().volume_name.as_str();
+        let r = request.get_ref();
+        let volume = r.volume_name.as_str();
+        let mut v = Violations::new();
         if !volume.is_empty() {
-            name_check("volume_name", volume)?;
+            v.check("volume_name", validate::dns1123_subdomain(volume));
         }
-        let attachments = self
+        let page = PageRequest::parse("limit", r.limit, "continue", &r.r#continue, &mut v);
+        v.into_result()?;
+        let (attachments, token) = self
             .attacher
-            .list((!volume.is_empty()).then_some(volume))
-            .await?
-            .iter()
-            .map(attachment_to_api)
-            .collect();
-        Ok(Response::new(v1::ListAttachmentsResponse { attachments }))
+            .page((!volume.is_empty()).then_some(volume), &page)
+            .await?;
+        Ok(Response::new(v1::ListAttachmentsResponse {
+            attachments: attachments.iter().map(attachment_to_api).collect(),
+            r#continue: token,
+        }))
     }
 }
