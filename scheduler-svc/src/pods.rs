@@ -94,9 +94,6 @@ impl Pods {
         }
     }
 
-    /// The pod's reported status for its incarnation; `Unknown` (not
-    /// ready) once its identity is no longer held by that incarnation: its
-    /// node lost its lease or it was stopped, whatever it reported last.
     /// The pod, its reported status and its identity's holder key, all
     /// read in one round trip at one revision (the holder's key follows
     /// from the pod's name `<set>-<ordinal>`; checked against the record,
@@ -148,7 +145,10 @@ impl Pods {
         Ok((pod, reported, holder))
     }
 
-    /// Reads one pod.
+    /// Reads one pod, with its status: the one reported for its
+    /// incarnation; `Unknown` (not ready) once its identity is no longer
+    /// held by that incarnation (its node lost its lease or it was
+    /// stopped), whatever it reported last.
     pub async fn get(&self, ns: &str, name: &str) -> Result<PodWithStatus> {
         let (pod, reported, holder) = self.read_with_status(ns, name).await?;
         let status = status_from(&pod.value, reported, holder.map(|h| h.value.incarnation));
@@ -258,28 +258,6 @@ impl Pods {
             })
             .collect();
         Ok((pods, read))
-    }
-
-    /// The pods themselves, without their status (one range read): what a
-    /// node agent needs to know what to run.
-    pub async fn records(
-        &self,
-        ns: Option<&str>,
-        set: Option<&str>,
-        node: Option<&str>,
-    ) -> Result<Vec<Versioned<PodRecord>>> {
-        let (pods, _) = self
-            .store
-            .list::<PodRecord>(&Keys(&self.store).pods(ns))
-            .await?;
-        Ok(pods
-            .into_iter()
-            .map(|(_, pod)| pod)
-            .filter(|pod| {
-                set.is_none_or(|s| s == pod.value.set_name)
-                    && node.is_none_or(|n| n == pod.value.node)
-            })
-            .collect())
     }
 
     /// Deletes a pod; see the module's guarantees.
