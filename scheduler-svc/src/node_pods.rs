@@ -179,6 +179,7 @@ impl NodePods {
 #[cfg(test)]
 mod tests {
     use petset_core::meta::MetaInput;
+    use petset_proto::v1;
 
     use super::*;
 
@@ -220,6 +221,21 @@ mod tests {
 
     fn names(pods: &[Versioned<PodRecord>]) -> Vec<&str> {
         pods.iter().map(|p| p.value.meta.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_decoded_pod_keeps_no_spare_room_in_its_lists() {
+        let mut record = pod("web-0", "a", 1).value;
+        record.spec.containers = vec![v1::Container {
+            name: "app".into(),
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        }];
+        let decoded: PodRecord =
+            serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(decoded, record);
+        assert_eq!(decoded.spec.containers.capacity(), 1);
+        assert_eq!(decoded.spec.containers[0].command.capacity(), 2);
     }
 
     #[test]

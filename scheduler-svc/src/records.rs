@@ -107,6 +107,7 @@ pub struct PodRecord {
     /// The revision it was made from.
     pub revision: String,
     /// What to run.
+    #[serde(deserialize_with = "compact_spec")]
     pub spec: v1::PodSpec,
     /// Set once deletion was asked for.
     #[serde(default)]
@@ -115,6 +116,26 @@ pub struct PodRecord {
     /// traced: its agent's start of the pod joins that trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+}
+
+/// Decodes a pod spec without the spare room of its lists: serde grows a
+/// list to four elements at its first push, and a `v1::Container` is 736
+/// bytes, so a pod of one container would hold 2.2 KiB it never uses in
+/// every cache that keeps it (the leader's world, each replica's
+/// pods-by-node index): 44 MiB at 10,000 pods.
+fn compact_spec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<v1::PodSpec, D::Error> {
+    let mut spec = v1::PodSpec::deserialize(d)?;
+    spec.containers.shrink_to_fit();
+    spec.volumes.shrink_to_fit();
+    for c in &mut spec.containers {
+        c.command.shrink_to_fit();
+        c.args.shrink_to_fit();
+        c.env.shrink_to_fit();
+        c.ports.shrink_to_fit();
+        c.volume_mounts.shrink_to_fit();
+        c.env_from.shrink_to_fit();
+    }
+    Ok(spec)
 }
 
 /// A pod's status, as its node agent reported it.
