@@ -180,43 +180,36 @@ impl Pods {
             .collect();
         // The caller needs only the page's revision and continue token.
         read.kvs = Vec::new();
-        let (statuses, holders) = if page.limit == 0 {
-            let under = |kind: &str| match ns {
-                Some(ns) => self.store.prefix(&[kind, ns]),
-                None => self.store.prefix(&[kind]),
-            };
-            (
-                self.store.list_raw(&under("podstatus")).await?.0,
-                self.store.list_raw(&under("identities")).await?.0,
+        let under = |kind: &str| match ns {
+            Some(ns) => self.store.prefix(&[kind, ns]),
+            None => self.store.prefix(&[kind]),
+        };
+        let statuses = self
+            .store
+            .beside(
+                page,
+                &read,
+                &under("podstatus"),
+                pods.iter()
+                    .map(|p| keys.pod_status(&p.value.meta.namespace, &p.value.meta.name)),
             )
-        } else if let (Some(first), Some(last)) = (pods.first(), pods.last()) {
-            let status_key = |p: &Versioned<PodRecord>| {
-                keys.pod_status(&p.value.meta.namespace, &p.value.meta.name)
-            };
-            let holder_keys: Vec<String> = pods
-                .iter()
-                .map(|p| {
+            .await?;
+        let holders = self
+            .store
+            .beside(
+                page,
+                &read,
+                &under("identities"),
+                pods.iter().map(|p| {
                     IdentityRef {
                         namespace: p.value.meta.namespace.clone(),
                         set_name: p.value.set_name.clone(),
                         ordinal: p.value.ordinal,
                     }
                     .holder_key(&self.store)
-                })
-                .collect();
-            let (Some(low), Some(high)) = (holder_keys.iter().min(), holder_keys.iter().max())
-            else {
-                unreachable!("the page has pods");
-            };
-            (
-                self.store
-                    .range_at(&status_key(first), &status_key(last), read.revision)
-                    .await?,
-                self.store.range_at(low, high, read.revision).await?,
+                }),
             )
-        } else {
-            (Vec::new(), Vec::new())
-        };
+            .await?;
         let root = format!("{}/", self.store.root());
         let mut statuses: BTreeMap<(String, String), PodStatusRecord> = statuses
             .iter()

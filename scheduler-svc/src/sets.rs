@@ -613,21 +613,14 @@ impl Sets {
             .collect();
         let status_key =
             |s: &Versioned<SetRecord>| keys.status(&s.value.meta.namespace, &s.value.meta.name);
-        let statuses = match (sets.first(), sets.last()) {
-            _ if page.limit == 0 => {
-                let under = match ns {
-                    Some(ns) => self.store.prefix(&["setstatus", ns]),
-                    None => self.store.prefix(&["setstatus"]),
-                };
-                self.store.list_raw(&under).await?.0
-            }
-            (Some(first), Some(last)) => {
-                self.store
-                    .range_at(&status_key(first), &status_key(last), read.revision)
-                    .await?
-            }
-            _ => Vec::new(),
+        let under = match ns {
+            Some(ns) => self.store.prefix(&["setstatus", ns]),
+            None => self.store.prefix(&["setstatus"]),
         };
+        let statuses = self
+            .store
+            .beside(page, &read, &under, sets.iter().map(status_key))
+            .await?;
         let mut statuses: BTreeMap<String, SetStatusRecord> = statuses
             .iter()
             .filter_map(|kv| {

@@ -14,7 +14,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use etcd_client::{GetOptions, KeyValue};
+use etcd_client::{GetOptions, GetResponse, KeyValue};
 
 use super::{Store, etcd_error, range_end, timed};
 use crate::error::{Error, Result, Violations};
@@ -141,20 +141,7 @@ impl Store {
             .with_range(range_end(prefix.as_bytes()))
             .with_limit(i64::from(page.limit.min(MAX_LIMIT)))
             .with_revision(revision);
-        let read = timed("range", || {
-            let (mut client, from, options) = (self.client.clone(), from.clone(), options.clone());
-            async move { client.get(from, Some(options)).await }
-        })
-        .await;
-        let mut response = match read {
-            Ok(response) => response,
-            Err(etcd_client::Error::GRpcStatus(status))
-                if revision > 0 && status.code() == tonic::Code::OutOfRange =>
-            {
-                return Err(expired(revision));
-            }
-            Err(e) => return Err(etcd_error(e)),
-        };
+        let mut response = self.range(from, options, revision).await?;
         let revision = if revision > 0 {
             revision
         } else {
@@ -177,22 +164,60 @@ impl Store {
         })
     }
 
-    /// The keys from `from` to `to` (both included) at `revision`, in one
-    /// read: what joins a page with the records kept beside its keys.
-    pub async fn range_at(&self, from: &str, to: &str, revision: i64) -> Result<Vec<KeyValue>> {
+    /// The records kept beside a list's items (their statuses, their
+    /// holders), as consistent with it as `read` is: for a whole list
+    /// (`page` sets no limit) every key under `whole`; for a page, in one
+    /// read at the page's revision, the span of `keys` (those of the
+    /// page's items, in any order: only the span is read, so filter what
+    /// comes back); nothing for an empty page.
+    pub async fn beside(
+        &self,
+        page: &PageRequest,
+        read: &Page,
+        whole: &str,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<Vec<KeyValue>> {
+        if page.limit == 0 {
+            return Ok(self.list_raw(whole).await?.0);
+        }
+        let (mut low, mut high) = (None::<String>, None::<String>);
+        for key in keys {
+            if low.as_ref().is_none_or(|l| key < *l) {
+                low = Some(key.clone());
+            }
+            if high.as_ref().is_none_or(|h| key > *h) {
+                high = Some(key);
+            }
+        }
+        let (Some(low), Some(high)) = (low, high) else {
+            return Ok(Vec::new());
+        };
         let options = GetOptions::new()
-            .with_range([to.as_bytes(), b"\0"].concat())
-            .with_revision(revision);
+            .with_range([high.as_bytes(), b"\0"].concat())
+            .with_revision(read.revision);
+        Ok(self
+            .range(low.into_bytes(), options, read.revision)
+            .await?
+            .take_kvs())
+    }
+
+    /// One range read from `from`; at a `revision` (> 0) compacted away,
+    /// the expired-token error.
+    async fn range(
+        &self,
+        from: Vec<u8>,
+        options: GetOptions,
+        revision: i64,
+    ) -> Result<GetResponse> {
         let read = timed("range", || {
-            let (mut client, from, options) =
-                (self.client.clone(), from.to_string(), options.clone());
+            let (mut client, from, options) = (self.client.clone(), from.clone(), options.clone());
             async move { client.get(from, Some(options)).await }
         })
         .await;
         match read {
-            Ok(mut response) => Ok(response.take_kvs()),
+            Ok(response) => Ok(response),
             Err(etcd_client::Error::GRpcStatus(status))
-                if status.code() == tonic::Code::OutOfRange =>
+                if revision > 0 && status.code() == tonic::Code::OutOfRange =>
             {
                 Err(expired(revision))
             }
